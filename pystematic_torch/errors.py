@@ -1,0 +1,48 @@
+"""The exceptions pystematic-torch raises.
+
+Every error the library raises on purpose derives from :class:`Error`, so a user can tell
+ours apart from torch's with one ``except pystematic_torch.Error``.
+"""
+
+__all__ = [
+    "Error",
+    "ParameterError",
+    "DeviceError",
+    "DistributedError",
+    "StateDictError",
+    "CheckpointError",
+    "DataError",
+    "RecorderError",
+]
+
+
+class Error(Exception):
+    """Base class of every error raised by pystematic-torch."""
+
+
+class ParameterError(Error, ValueError):
+    """An experiment parameter has a value outside its allowed range."""
+
+
+class DeviceError(Error, RuntimeError):
+    """A device was asked for that this machine or process cannot use."""
+
+
+class DistributedError(Error, RuntimeError):
+    """Distributed training was set up wrongly or a rank failed."""
+
+
+class StateDictError(Error, RuntimeError):
+    """A state dict does not fit the objects it is loaded into."""
+
+
+class CheckpointError(Error, RuntimeError):
+    """A checkpoint could not be found, read or written."""
+
+
+class DataError(Error, ValueError):
+    """A dataset or data loader was given arguments it cannot work with."""
+
+
+class RecorderError(Error, RuntimeError):
+    """A value could not be recorded, or a recorder was used after it was closed."""

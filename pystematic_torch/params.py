@@ -1,0 +1,122 @@
+"""The parameters every experiment gets once the plugin is installed."""
+import pathlib
+from typing import Callable, List, Optional
+
+import pystematic.core
+
+from .errors import ParameterError
+
+__all__ = ["default_parameters", "validate_parameters"]
+
+
+class _IntInRange:
+    """A parameter type that converts to int and refuses values outside [low, high]."""
+
+    def __init__(self, name: str, low: int, high: Optional[int] = None, allowed: str = ""):
+        self.name, self.low, self.high = name, low, high
+        self.allowed = allowed or (f">= {low}" if high is None else f"in {low}..{high}")
+
+    def __call__(self, value) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ParameterError(f"{self.name} must be an integer, got {value!r}.") from None
+        if number < self.low or (self.high is not None and number > self.high):
+            raise ParameterError(f"{self.name} must be {self.allowed}, got {number}.")
+        return number
+
+
+def _parameter(name: str, type: Callable = str, **kwargs) -> pystematic.core.Parameter:
+    param = pystematic.core.Parameter(name=name, type=type, **kwargs)
+    # Users type both spellings (torchrun documents --nproc-per-node, older launchers
+    # --nproc_per_node), so each multi-word name answers to both.
+    underscore_flag = f"--{name}"
+    if "_" in name and underscore_flag not in param.flags:
+        param.flags.append(underscore_flag)
+    return param
+
+
+def default_parameters() -> List[pystematic.core.Parameter]:
+    """Build fresh parameter objects; each experiment gets its own."""
+    return [
+        _parameter(
+            "checkpoint",
+            type=pathlib.Path,
+            default=None,
+            help="Checkpoint file, or run directory (its newest checkpoint is used), to resume "
+            "from. Context.autotransform() loads it.",
+        ),
+        _parameter(
+            "cuda",
+            type=bool,
+            is_flag=True,
+            default=True,
+            help="Move the Context to CUDA when a GPU is available; on a machine without one "
+            "the run stays on the CPU and logs a warning. --no-cuda keeps it on the CPU.",
+        ),
+        _parameter(
+            "distributed",
+            type=bool,
+            is_flag=True,
+            default=False,
+            help="Train with DistributedDataParallel: start --nproc_per_node local processes, "
+            "or take the ranks from torchrun's or SLURM's environment.",
+        ),
+        _parameter(
+            "nproc_per_node",
+            type=_IntInRange("nproc_per_node", 1),
+            default=1,
+            envvar="NPROC_PER_NODE",
+            help="Number of processes to run on this machine with --distributed; usually "
+            "one per GPU.",
+        ),
+        _parameter(
+            "nnodes",
+            type=_IntInRange("nnodes", 1),
+            default=1,
+            envvar="NNODES",
+            help="Number of machines taking part in a distributed run.",
+        ),
+        _parameter(
+            "node_rank",
+            type=_IntInRange("node_rank", 0),
+            default=0,
+            envvar="NODE_RANK",
+            help="Index of this machine among the --nnodes machines, from 0.",
+        ),
+        _parameter(
+            "master_addr",
+            type=str,
+            default="127.0.0.1",
+            envvar="MASTER_ADDR",
+            help="Address of the machine running node_rank 0, where every rank meets.",
+        ),
+        _parameter(
+            "master_port",
+            type=_IntInRange("master_port", 0, 65535, "in 1..65535, or 0 to pick a free port"),
+            default=29500,
+            envvar="MASTER_PORT",
+            help="Free TCP port on the master machine for the rendezvous; 0 picks a free one.",
+        ),
+    ]
+
+
+def validate_parameters(params: dict) -> None:
+    """Check the rules that involve more than one parameter.
+
+    Raises:
+        ParameterError: naming each parameter whose value is out of range.
+    """
+    problems = []
+    if params["node_rank"] >= params["nnodes"]:
+        problems.append(
+            f"node_rank must be in 0..{params['nnodes'] - 1} for nnodes={params['nnodes']}, "
+            f"got {params['node_rank']}"
+        )
+    if params["nnodes"] > 1 and params["master_port"] == 0:
+        problems.append(
+            "master_port must be an explicit port in 1..65535 when nnodes > 1, since every "
+            "machine has to know it in advance"
+        )
+    if problems:
+        raise ParameterError("Invalid parameters: " + "; ".join(problems) + ".")

@@ -1,0 +1,65 @@
+"""The pystematic plugin: parameters, experiment hooks and the ``pystematic.torch`` namespace.
+
+pystematic loads this through the ``pystematic.plugins`` entry point and calls
+``TorchPlugin(app)`` once per process.
+"""
+import logging
+
+from . import _session
+from .params import default_parameters, validate_parameters
+
+logger = logging.getLogger("pystematic.torch")
+
+# The standard plugin runs at priority 10 and creates the output directory and log file;
+# our set-up comes after it so that what it logs lands in the run's log.
+_SETUP_PRIORITY = 20
+# After-experiment hooks run lowest first: ours flush recorders before the standard plugin
+# closes the log file and kills leftover children.
+_TEARDOWN_PRIORITY = 5
+
+
+class TorchPlugin:
+    """Entry point object; ``app`` is pystematic's ``PystematicApp``."""
+
+    def __init__(self, app) -> None:
+        app.on_experiment_created(self._add_parameters, priority=20)
+        app.on_before_experiment(self._setup, priority=_SETUP_PRIORITY)
+        app.on_after_experiment(self._teardown, priority=_TEARDOWN_PRIORITY)
+
+        import pystematic_torch
+
+        app.get_api_object().torch = pystematic_torch
+
+    @staticmethod
+    def _add_parameters(experiment):
+        existing = {param.name for param in experiment.get_parameters()}
+        for param in default_parameters():
+            if param.name not in existing:
+                experiment.add_parameter(param)
+        _check_combinations_when_parsed(experiment.param_manager)
+        return experiment
+
+    @staticmethod
+    def _setup(experiment, params) -> None:
+        _session.start(params)
+
+    @staticmethod
+    def _teardown(error) -> None:
+        _session.end()
+
+
+def _check_combinations_when_parsed(param_manager) -> None:
+    """Run our cross-parameter checks where pystematic validates a parsed set of values.
+
+    pystematic calls ``validate_values`` once every value (CLI, dict, params file,
+    environment, defaults) is in place, before any hook runs or any file is written, and
+    turns its errors into a clean "Error: ..." plus usage on the command line and a
+    ``pystematic.core.Error`` from ``experiment.run``.
+    """
+    validate_own_values = param_manager.validate_values
+
+    def validate_values(result_dict) -> None:
+        validate_own_values(result_dict)
+        validate_parameters(result_dict)
+
+    param_manager.validate_values = validate_values

@@ -9,6 +9,7 @@ import pystematic as _pystematic  # noqa: F401
 
 from ._version import __version__
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .context import Context
 from .devices import move_to_device
 from .distributed import (
     all_reduce,
@@ -34,6 +35,7 @@ from .errors import (
 
 __all__ = [
     "__version__",
+    "Context",
     "move_to_device",
     "save_checkpoint",
     "load_checkpoint",

@@ -25,5 +25,7 @@ class TransparentDDP(DistributedDataParallel):
     def state_dict(self, *args, **kwargs):
         return self.module.state_dict(*args, **kwargs)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ):
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)

@@ -130,7 +130,8 @@ def _check_module(path, module, saved, strict, problems) -> None:
         if isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor):
             if mine.shape != theirs.shape:
                 problems.append(
-                    f"{path}.{key}: checkpoint has {list(theirs.shape)}, model has {list(mine.shape)}"
+                    f"{path}.{key}: checkpoint has {list(theirs.shape)}, "
+                    f"model has {list(mine.shape)}"
                 )
 
 

@@ -155,17 +155,24 @@ class Context:
 
         Args:
             sync_batchnorm: Convert BatchNorm layers to ``SyncBatchNorm`` before wrapping,
-                so batch statistics are computed over the global batch.
+                so batch statistics are computed over the global batch. CUDA only.
             **ddp_options: Passed on to ``DistributedDataParallel``, e.g.
                 ``find_unused_parameters=True``.
 
         Raises:
-            DistributedError: no process group has been initialized.
+            DistributedError: no process group has been initialized, or
+                ``sync_batchnorm=True`` on a context that is not on CUDA.
         """
         if not is_distributed():
             raise DistributedError(
                 "Context.ddp() needs an initialized process group; run the experiment with "
                 "--distributed, or call torch.distributed.init_process_group() first."
+            )
+        if sync_batchnorm and self._device.type != "cuda":
+            raise DistributedError(
+                f"Context.ddp(sync_batchnorm=True) needs the context on CUDA (it is on "
+                f"{self._device}), because torch's SyncBatchNorm only runs on GPUs; call "
+                "ctx.cuda() first, or leave sync_batchnorm off on the CPU."
             )
         device_ids = [self._device.index] if self._device.type == "cuda" else None
 
@@ -180,7 +187,7 @@ class Context:
 
         for name, value in self._items.items():
             self._items[name] = _map_leaves(value, nn.Module, wrap)
-        for name, value in self._items.items():
+        for value in self._items.values():
             for leaf in _leaves(value):
                 setup = getattr(leaf, "setup_distributed", None)
                 if callable(setup) and not isinstance(leaf, type):

@@ -81,7 +81,7 @@ def test_registry_errors_name_the_problem():
     with pytest.raises(AttributeError, match="'to' is a Context method"):
         ctx.to = 3
     with pytest.raises(AttributeError, match="no item 'optimiser'; registered items are: model"):
-        ctx.optimiser
+        _ = ctx.optimiser
 
 
 def test_move_keeps_modules_and_optimizer_state_together():
@@ -121,7 +121,11 @@ def test_move_to_device_rebuilds_structures_and_leaves_other_values():
         image: torch.Tensor
         name: str
 
-    batch = {"pair": Pair(torch.ones(1), 2), "list": [torch.ones(1)], "dc": Batch(torch.ones(1), "a")}
+    batch = {
+        "pair": Pair(torch.ones(1), 2),
+        "list": [torch.ones(1)],
+        "dc": Batch(torch.ones(1), "a"),
+    }
     moved = pt.move_to_device("meta", batch)
     assert isinstance(moved["pair"], Pair) and moved["pair"].x.device.type == "meta"
     assert moved["pair"].y == 2

@@ -1,0 +1,83 @@
+"""One pass over a SmartDataLoader: delivery counting, device feeding, the end of an epoch."""
+import itertools
+import logging
+from typing import Any
+
+from torch.utils.data import IterableDataset
+
+from . import _prefetch
+from .devices import move_to_device
+
+logger = logging.getLogger("pystematic.torch.data")
+
+
+class EpochIterator:
+    """One pass over a SmartDataLoader: counts deliveries and ends the epoch when it stops."""
+
+    def __init__(self, loader) -> None:
+        # Closed until fully built, so a failed start does not count as an ended epoch.
+        self._done = True
+        self._loader = loader
+        self._epoch = loader._epoch
+        self._feeder = None
+        start = loader._position
+        self._bar = None
+        host = loader._host_batches()
+        if isinstance(loader.dataset, IterableDataset) and start:
+            logger.warning(
+                "Resuming an IterableDataset mid-epoch: reading and discarding the %d batches "
+                "delivered before the checkpoint.", start,
+            )  # fmt: skip
+            host = itertools.islice(host, start, None)
+        self._host = host
+        device = loader._device if loader.move_output else None
+        if device is None or loader.cache is not None:
+            self._next = host.__next__
+        elif device.type == "cuda":
+            self._feeder = _prefetch.cuda_feeder(host, device)
+            self._next = self._feeder.__next__
+        else:
+            self._next = lambda: move_to_device(device, next(host))
+        self._bar = loader._make_bar(start)
+        self._done = False
+
+    def __iter__(self) -> "EpochIterator":
+        return self
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        try:
+            batch = self._next()
+        except StopIteration:
+            self.close()
+            raise
+        self._loader._position += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        return batch
+
+    def close(self) -> None:
+        """End this pass; the loader's next iteration is the next epoch."""
+        if self._done:
+            return
+        self._done = True
+        loader = self._loader
+        active = loader._active() if loader._active is not None else None
+        if active is self or active is None:
+            loader._epoch = self._epoch + 1
+            loader._position = 0
+        if self._feeder is not None:
+            self._feeder.close()
+        if self._bar is not None:
+            self._bar.close()
+        self._host = self._next = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the loader may already be gone
+            pass

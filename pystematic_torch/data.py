@@ -1,0 +1,418 @@
+"""SmartDataLoader: the right batches, on the right device, in the right order, resumable.
+
+See ``docs/data.rst`` for the behaviour in full; the short version:
+
+- Order: the epoch's order is a function of (seed, epoch) only, so runs with the same seed
+  see the same batches and every rank computes the same permutation.
+- Epochs: an iteration that ends (run to completion, or left early) ends the loader's
+  epoch; the next ``iter()`` starts the next epoch with a new order.
+- Resume: the loader counts the batches it has *delivered*; a loaded state skips that many
+  batches at the index level, so no data is loaded twice or skipped.
+"""
+import logging
+import sys
+import weakref
+from typing import Any, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset, default_collate
+
+from . import _prefetch
+from ._cache import build_cache
+from ._epoch import EpochIterator
+from ._samplers import ResumableIndices, ShardedSampler, mix_seed
+from ._session import current_params
+from .devices import DeviceLike, resolve_device
+from .distributed import broadcast_from_master, get_num_processes, get_rank, is_distributed
+from .errors import DataError, DeviceError, DistributedError, StateDictError
+
+__all__ = ["SmartDataLoader"]
+
+logger = logging.getLogger("pystematic.torch.data")
+
+_CACHE_CHOICES = (None, "device")
+_STATE_KEYS = ("epoch", "position", "seed", "num_processes", "batch_size")
+
+
+class SmartDataLoader(DataLoader):
+    """A :class:`torch.utils.data.DataLoader` that delivers batches on the right device, in a
+    seeded and shardable order, and can resume in the middle of an epoch.
+
+    Every standard ``DataLoader`` argument works and keeps its meaning. What changes:
+
+    - **Device.** Batches are moved (nested dicts, lists, tuples, namedtuples and
+      dataclasses included) to the device set with :meth:`to`; by default they are
+      delivered as the dataset yields them. On CUDA, host memory is pinned and the next
+      batch is copied on a side stream while the current one is in use.
+    - **Order.** With ``shuffle=True`` every epoch has a new order, seeded by
+      ``random_seed``; no ``set_epoch`` call is needed.
+    - **Distributed.** Inside a ``torch.distributed`` process group, each rank iterates a
+      disjoint shard of every epoch (unless a ``sampler`` or ``batch_sampler`` is given).
+    - **Resume.** :meth:`state_dict` records the epoch and the batches delivered in it.
+    - **Progress.** A tqdm bar on rank 0 shows the epoch, the position and the rate.
+
+    Args:
+        dataset: A map-style or iterable dataset.
+        batch_size: Samples per batch; ``None`` turns batching off, as in ``DataLoader``.
+        shuffle: Shuffle every epoch with a seeded order. Not allowed with an
+            ``IterableDataset``, a ``sampler`` or a ``batch_sampler``.
+        random_seed: Seed of the order. Default: the running experiment's ``random_seed``
+            parameter; outside an experiment, a draw from torch's global generator when the
+            loader is created (so ``torch.manual_seed`` before it makes runs repeatable).
+        sampler: A sampler used as given: the loader neither shuffles nor shards it, and
+            calls its ``set_epoch(epoch)`` if it has one.
+        batch_sampler: A batch sampler used as given, like ``sampler``.
+        move_output: Move batches to the loader's device. ``False`` delivers them as the
+            dataset yields them, whatever :meth:`to` was given.
+        loading_bar: Show a progress bar on rank 0.
+        even_shards: In a process group, give every rank the same number of samples by
+            repeating a few (or, with ``drop_last``, dropping the last few), as collective
+            training needs. ``False`` is the evaluation mode: every sample is delivered
+            exactly once across ranks and shard sizes differ by at most one.
+        cache: ``"device"`` loads the whole dataset once, on the first iteration, into
+            tensors on the loader's device and gathers every batch from there. Costs the
+            dataset's collated size in device memory (host memory on CPU); sample
+            transforms run once, so random augmentations are frozen.
+        **dataloader_kwargs: Any other ``DataLoader`` argument (``num_workers``,
+            ``collate_fn``, ``drop_last``, ``pin_memory``, ``persistent_workers``, ...).
+
+    Raises:
+        DataError: an argument combination that cannot work (``shuffle`` with an iterable
+            dataset or a custom sampler, an unknown ``cache``, ...).
+
+    Example:
+        >>> loader = SmartDataLoader(dataset, batch_size=64, shuffle=True, num_workers=2)
+        >>> loader.to("cuda")  # doctest: +SKIP
+        >>> for x, y in loader:  # doctest: +SKIP
+        ...     loss = loss_fn(model(x), y)
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: Optional[int] = 1,
+        shuffle: bool = False,
+        random_seed: Optional[int] = None,
+        sampler: Any = None,
+        batch_sampler: Any = None,
+        move_output: bool = True,
+        loading_bar: bool = True,
+        even_shards: bool = True,
+        cache: Optional[str] = None,
+        **dataloader_kwargs: Any,
+    ) -> None:
+        iterable = isinstance(dataset, IterableDataset)
+        _check_arguments(
+            iterable, shuffle, sampler, batch_sampler, cache, random_seed, batch_size,
+            dataloader_kwargs,
+        )  # fmt: skip
+        seed = _resolve_seed(random_seed)
+        own_sampler = None
+        if not iterable and sampler is None and batch_sampler is None:
+            own_sampler = ShardedSampler(
+                dataset, shuffle, seed, even_shards, bool(dataloader_kwargs.get("drop_last"))
+            )
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=own_sampler if own_sampler is not None else sampler,
+            batch_sampler=batch_sampler,
+            **dataloader_kwargs,
+        )
+        self.move_output = move_output
+        self.loading_bar = loading_bar
+        self.shuffle = bool(shuffle)
+        self.even_shards = even_shards
+        self.cache = cache
+        self._own_sampler = own_sampler
+        self._seed = seed
+        self._seed_agreed = False
+        self._user_pin_memory = "pin_memory" in dataloader_kwargs
+        self._user_generator = dataloader_kwargs.get("generator") is not None
+        self._device: Optional[torch.device] = None
+        self._epoch = 0
+        self._position = 0
+        self._skip = 0
+        self._saved_layout: Optional[tuple] = None
+        self._active: Optional[weakref.ref] = None
+        self._cached: Optional[Any] = None
+        self._cached_on: Optional[torch.device] = None
+
+    # DataLoader reads `_index_sampler` to create its iterators; answering with a wrapper that
+    # skips already-delivered batches makes resuming work for every sampler and worker count.
+    @property
+    def _index_sampler(self):
+        resumable = self.__dict__.get("_resumable_indices")
+        if resumable is None:
+            resumable = ResumableIndices(self._base_index_sampler, lambda: self._skip)
+            self.__dict__["_resumable_indices"] = resumable
+        return resumable
+
+    def _base_index_sampler(self):
+        return self.batch_sampler if self._auto_collation else self.sampler
+
+    @property
+    def device(self) -> Optional[torch.device]:
+        """Where batches are delivered; ``None`` until :meth:`to` is called (not moved)."""
+        return self._device
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next (or current) iteration covers, counted from 0."""
+        return self._epoch
+
+    @property
+    def random_seed(self) -> int:
+        """The seed of the order (and of the workers' base seeds)."""
+        return self._seed
+
+    def to(self, device: DeviceLike) -> "SmartDataLoader":
+        """Deliver batches on ``device`` from the next iteration on.
+
+        On a CUDA device the loader also pins host memory (unless ``pin_memory`` was given
+        explicitly) and copies each batch ahead on a side stream.
+
+        Args:
+            device: A ``torch.device``, a string such as ``"cuda:0"``, or a CUDA index.
+
+        Returns:
+            The loader itself.
+
+        Raises:
+            DeviceError: ``device`` is not a device, or is a CUDA device on a machine
+                without CUDA.
+        """
+        target = resolve_device(device)
+        if target.type == "cuda":
+            if not torch.cuda.is_available():
+                raise DeviceError(
+                    f"SmartDataLoader.to({device!r}): CUDA is not available on this machine; "
+                    "use 'cpu' or run on a machine with a GPU."
+                )
+            if target.index is None:
+                target = torch.device("cuda", torch.cuda.current_device())
+        self._device = target
+        if not self._user_pin_memory:
+            self.pin_memory = target.type == "cuda"
+        return self
+
+    def setup_distributed(self) -> None:
+        """Switch to sharded sampling in the current process group (called by ``Context.ddp``).
+
+        The loader also shards by itself when it is iterated inside a process group; this
+        call additionally agrees on the seed now (rank 0's wins), so that it is a collective:
+        every rank must call it. A loader given its own ``sampler`` or ``batch_sampler`` is
+        left as it is.
+
+        Raises:
+            DistributedError: no process group is initialized.
+        """
+        if not is_distributed():
+            raise DistributedError(
+                "SmartDataLoader.setup_distributed() was called without a process group; "
+                "initialize torch.distributed (or use Context.ddp()) first."
+            )
+        if self._own_sampler is None:
+            logger.info("SmartDataLoader uses the sampler it was given; it is not sharded.")
+            return
+        self._agree_seed()
+
+    def _agree_seed(self) -> None:
+        if self.shuffle and not self._seed_agreed and is_distributed():
+            self._seed = int(broadcast_from_master(self._seed))
+            self._own_sampler.seed = self._seed
+        self._seed_agreed = True
+
+    def state_dict(self) -> dict:
+        """The loader's position: epoch, batches delivered in it, seed and layout.
+
+        Holds only Python ints (and ``None``), so it loads with ``weights_only=True``.
+        """
+        return {
+            "epoch": self._epoch,
+            "position": self._position,
+            "seed": self._seed,
+            "num_processes": get_num_processes(),
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``: the next iteration resumes after the delivered batches.
+
+        An iteration in progress is ended first. If the world size or batch size differs
+        from the saved one, the position is rescaled to the same number of samples and a
+        warning is logged: the continuation is then approximate.
+
+        Raises:
+            StateDictError: ``state`` lacks a key or holds a wrong type.
+        """
+        problems = []
+        for key in _STATE_KEYS:
+            if key not in state:
+                problems.append(f"missing {key!r}")
+            elif key != "batch_size" and (
+                isinstance(state[key], bool) or not isinstance(state[key], int)
+            ):
+                problems.append(f"{key!r} is {state[key]!r}, not an int")
+        if problems:
+            raise StateDictError(
+                f"SmartDataLoader.load_state_dict got a state with {'; '.join(problems)}; "
+                "pass a dict made by SmartDataLoader.state_dict()."
+            )
+        self._end_active_iteration()
+        self._epoch = state["epoch"]
+        self._position = state["position"]
+        self._seed = state["seed"]
+        self._seed_agreed = True
+        if self._own_sampler is not None:
+            self._own_sampler.seed = self._seed
+        self._saved_layout = (state["num_processes"], state["batch_size"])
+
+    def __iter__(self) -> EpochIterator:
+        self._end_active_iteration()
+        self._prepare_epoch()
+        iterator = EpochIterator(self)
+        self._active = weakref.ref(iterator)
+        return iterator
+
+    def _end_active_iteration(self) -> None:
+        iterator = self._active() if self._active is not None else None
+        if iterator is not None:
+            iterator.close()
+        self._active = None
+
+    def _prepare_epoch(self) -> None:
+        if self._own_sampler is not None and is_distributed():
+            self._agree_seed()
+        self._rescale_position()
+        holders = [self.dataset]
+        if self._own_sampler is not None:
+            self._own_sampler.set_epoch(self._epoch)
+        else:
+            inner = getattr(self.batch_sampler, "sampler", None)
+            holders += [self.sampler, self.batch_sampler, inner]
+        for holder in holders:
+            set_epoch = getattr(holder, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self._epoch)
+        if not self._user_generator:
+            # Workers' base seeds follow (seed, epoch, rank) instead of the global RNG.
+            generator = torch.Generator()
+            generator.manual_seed(mix_seed(self._seed, self._epoch, get_rank(), 1))
+            self.generator = generator
+        iterable = isinstance(self.dataset, IterableDataset)
+        self._skip = 0 if iterable else self._position
+
+    def _rescale_position(self) -> None:
+        if self._saved_layout is None:
+            return
+        saved_processes, saved_batch_size = self._saved_layout
+        self._saved_layout = None
+        processes, batch_size = get_num_processes(), self.batch_size
+        if (saved_processes, saved_batch_size) == (processes, batch_size) or not self._position:
+            return
+        samples = self._position * saved_processes * (saved_batch_size or 1)
+        position = samples // (processes * (batch_size or 1))
+        logger.warning(
+            "SmartDataLoader resumes with %d processes and batch size %s, saved with %d and "
+            "%s: continuing at batch %d of epoch %d, an approximate continuation.",
+            processes, batch_size, saved_processes, saved_batch_size, position, self._epoch,
+        )  # fmt: skip
+        self._position = position
+
+    def _host_batches(self) -> Iterator[Any]:
+        if self.cache is not None:
+            return self._cached_batches()
+        if _fast_gather_applies(self):
+            pin = self._delivers_to_cuda()
+            return _prefetch.gather_rows(self.dataset.tensors, iter(self._index_sampler), pin)
+        return super().__iter__()
+
+    def _delivers_to_cuda(self) -> bool:
+        return self.move_output and self._device is not None and self._device.type == "cuda"
+
+    def _cached_batches(self) -> Iterator[Any]:
+        device = self._device if self.move_output and self._device else torch.device("cpu")
+        if self._cached is None or self._cached_on != device:
+            self._cached = None
+            self._cached = build_cache(self.dataset, self.batch_size or 1, device)
+            self._cached_on = device
+        cached = self._cached
+        # One index transfer per epoch: per-batch transfers of pageable host memory would
+        # make the host wait for the GPU at every batch.
+        batches = [torch.as_tensor(indices, dtype=torch.long) for indices in self._index_sampler]
+        if not batches:
+            return iter(())
+        flat = torch.cat(batches).to(device)
+        pieces = flat.split([len(batch) for batch in batches])
+        return (_prefetch.map_tensors(lambda t, i=i: t.index_select(0, i), cached) for i in pieces)
+
+    def _make_bar(self, start: int):
+        if not self.loading_bar or get_rank() != 0:
+            return None
+        from tqdm import tqdm
+
+        try:
+            total = len(self)
+        except TypeError:
+            total = None
+        stream = sys.stderr
+        terminal = bool(getattr(stream, "isatty", lambda: False)())
+        # Outside a terminal every refresh is a new line in a log file: refresh rarely.
+        return tqdm(
+            total=total,
+            initial=start,
+            desc=f"epoch {self._epoch}",
+            unit="batch",
+            file=stream,
+            dynamic_ncols=terminal,
+            mininterval=0.1 if terminal else 60.0,
+            leave=not terminal,
+        )
+
+
+def _check_arguments(iterable, shuffle, sampler, batch_sampler, cache, seed, batch_size, kwargs):
+    problems = []
+    if shuffle and iterable:
+        problems.append(
+            "shuffle=True cannot reorder an IterableDataset; shuffle inside the dataset's "
+            "__iter__ or use a map-style Dataset"
+        )
+    if shuffle and (sampler is not None or batch_sampler is not None):
+        problems.append(
+            "shuffle=True cannot be combined with a sampler or batch_sampler, which already "
+            "set the order; drop shuffle or the sampler"
+        )
+    if cache not in _CACHE_CHOICES:
+        problems.append(f"cache={cache!r} is not allowed; use None or 'device'")
+    elif cache is not None:
+        if iterable:
+            problems.append("cache='device' needs a map-style dataset, not an IterableDataset")
+        if batch_size is None and batch_sampler is None:
+            problems.append("cache='device' needs batching; give a batch_size")
+        if kwargs.get("collate_fn") not in (None, default_collate):
+            problems.append("cache='device' needs the default collate_fn")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        problems.append(f"random_seed={seed!r} is not an int")
+    if problems:
+        raise DataError("SmartDataLoader: " + "; ".join(problems) + ".")
+
+
+def _resolve_seed(random_seed: Optional[int]) -> int:
+    if random_seed is not None:
+        return int(random_seed)
+    params = current_params()
+    if params is not None and params.get("random_seed") is not None:
+        return int(params["random_seed"])
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
+def _fast_gather_applies(loader: SmartDataLoader) -> bool:
+    dataset = loader.dataset
+    return (
+        isinstance(dataset, TensorDataset)
+        and type(dataset).__getitem__ is TensorDataset.__getitem__
+        and getattr(type(dataset), "__getitems__", None) is None
+        and loader._auto_collation
+        and loader.collate_fn is default_collate
+    )

@@ -2,59 +2,53 @@
 
 Installing the package registers a pystematic plugin, so after ``import pystematic`` the
 public API below is also reachable as ``pystematic.torch``.
+
+Public names are imported on first use (PEP 562): ``import pystematic`` loads this package
+to register the plugin, and must not pay for importing torch until the experiment uses it.
 """
-# pystematic is imported first so that its plugin loading (which imports
-# pystematic_torch.plugin) happens before this package's own modules are half initialised.
-import pystematic as _pystematic  # noqa: F401
+import importlib
+from typing import Any, Dict, List
 
 from ._version import __version__
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from .context import Context
-from .devices import move_to_device
-from .distributed import (
-    all_reduce,
-    broadcast_from_master,
-    distributed_barrier,
-    gather_to_master,
-    get_local_rank,
-    get_num_processes,
-    get_rank,
-    is_distributed,
-    is_master,
-)
-from .errors import (
-    CheckpointError,
-    DataError,
-    DeviceError,
-    DistributedError,
-    Error,
-    ParameterError,
-    RecorderError,
-    StateDictError,
-)
 
-__all__ = [
-    "__version__",
-    "Context",
-    "move_to_device",
-    "save_checkpoint",
-    "load_checkpoint",
-    "find_checkpoint",
-    "is_distributed",
-    "is_master",
-    "get_rank",
-    "get_local_rank",
-    "get_num_processes",
-    "distributed_barrier",
-    "broadcast_from_master",
-    "all_reduce",
-    "gather_to_master",
-    "Error",
-    "ParameterError",
-    "DeviceError",
-    "DistributedError",
-    "StateDictError",
-    "CheckpointError",
-    "DataError",
-    "RecorderError",
-]
+# public name -> the module that defines it
+_EXPORTS: Dict[str, str] = {
+    "Context": "context",
+    "move_to_device": "devices",
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "find_checkpoint": "checkpoint",
+    "is_distributed": "distributed",
+    "is_master": "distributed",
+    "get_rank": "distributed",
+    "get_local_rank": "distributed",
+    "get_num_processes": "distributed",
+    "distributed_barrier": "distributed",
+    "broadcast_from_master": "distributed",
+    "all_reduce": "distributed",
+    "gather_to_master": "distributed",
+    "Error": "errors",
+    "ParameterError": "errors",
+    "DeviceError": "errors",
+    "DistributedError": "errors",
+    "StateDictError": "errors",
+    "CheckpointError": "errors",
+    "DataError": "errors",
+    "RecorderError": "errors",
+}
+
+__all__: List[str] = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'pystematic_torch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))
+

@@ -24,10 +24,9 @@ logger = logging.getLogger("pystematic.torch.checkpoint")
 PathLike = Union[str, os.PathLike]
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 _FILE_PATTERN = re.compile(r"^checkpoint-(?P<id>[A-Za-z0-9_.-]+)\.pt$")
-_SAFE_LEAVES = (
-    torch.Tensor, str, bytes, int, float, bool, complex, type(None),
-    torch.Size, torch.dtype, torch.device,
-)  # fmt: skip
+# Exact types: numpy.float64 subclasses float but needs pickled numpy code to load.
+_SAFE_PLAIN_TYPES = {str, bytes, int, float, bool, complex, type(None)}
+_SAFE_TORCH_TYPES = (torch.Tensor, torch.Size, torch.dtype, torch.device)
 
 
 def save_checkpoint(
@@ -155,16 +154,16 @@ def _default_directory() -> pathlib.Path:
 
 
 def _unloadable_values(value: Any, path: str) -> List[str]:
-    if isinstance(value, _SAFE_LEAVES):
+    if type(value) in _SAFE_PLAIN_TYPES or isinstance(value, _SAFE_TORCH_TYPES):
         return []
-    if isinstance(value, (dict, collections.OrderedDict)):
+    if type(value) in (dict, collections.OrderedDict):
         problems = []
         for key, item in value.items():
-            if not isinstance(key, (str, int, float, bool, type(None))):
+            if type(key) not in _SAFE_PLAIN_TYPES:
                 problems.append(f"{path}: key {key!r} of type {type(key).__name__}")
             problems.extend(_unloadable_values(item, f"{path}[{key!r}]"))
         return problems
-    if isinstance(value, (list, tuple, set)) and type(value) in (list, tuple, set):
+    if type(value) in (list, tuple, set):
         problems = []
         for index, item in enumerate(value):
             problems.extend(_unloadable_values(item, f"{path}[{index}]"))

@@ -14,8 +14,9 @@ logger = logging.getLogger("pystematic.torch")
 # our set-up comes after it so that what it logs lands in the run's log.
 _SETUP_PRIORITY = 20
 # After-experiment hooks run lowest first: ours flush recorders before the standard plugin
-# closes the log file and kills leftover children.
+# closes the log file and kills leftover children, and tidy its logging up afterwards.
 _TEARDOWN_PRIORITY = 5
+_AFTER_STANDARD_TEARDOWN_PRIORITY = 100
 
 
 class TorchPlugin:
@@ -25,7 +26,11 @@ class TorchPlugin:
         app.on_experiment_created(self._add_parameters, priority=20)
         app.on_before_experiment(self._setup, priority=_SETUP_PRIORITY)
         app.on_after_experiment(self._teardown, priority=_TEARDOWN_PRIORITY)
+        app.on_after_experiment(
+            _detach_closed_log_handlers, priority=_AFTER_STANDARD_TEARDOWN_PRIORITY
+        )
 
+        # The package resolves its public names lazily, so this does not import torch.
         import pystematic_torch
 
         app.get_api_object().torch = pystematic_torch
@@ -46,6 +51,20 @@ class TorchPlugin:
     @staticmethod
     def _teardown(error) -> None:
         _session.end()
+
+
+def _detach_closed_log_handlers(error) -> None:
+    """Remove the run's log handler from the root logger once pystematic has closed its file.
+
+    pystematic closes the handler's file at experiment end but leaves the handler installed,
+    and that handler lets write errors escape, so without this every log call after an
+    experiment (a second experiment in a notebook, a sweep in one process) would raise
+    ``ValueError: I/O operation on closed file``.
+    """
+    for handler in list(logging.root.handlers):
+        file_handle = getattr(handler, "file_handle", None)
+        if file_handle is not None and file_handle.closed:
+            logging.root.removeHandler(handler)
 
 
 def _check_combinations_when_parsed(param_manager) -> None:

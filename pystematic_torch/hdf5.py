@@ -1,0 +1,364 @@
+"""Reading samples from and writing results to HDF5 files (h5py, imported only when used).
+
+:class:`HDF5Dataset` opens its file lazily, once per process, so DataLoader workers each get
+their own handle: an HDF5 handle shared across a ``fork`` is a known source of corrupt
+reads. :class:`HDF5Writer` appends rows to chunked, resizable datasets; in a process group
+every rank writes its own file.
+"""
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ._session import call_at_exit
+from .distributed import get_num_processes, get_rank
+from .errors import DataError
+
+__all__ = ["HDF5Dataset", "HDF5Writer"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+_COMPRESSIONS = (None, "gzip", "lzf")
+_CHUNK_BYTES = 1 << 18
+
+
+class HDF5Dataset(Dataset):
+    """A map-style dataset over equally long datasets of an HDF5 file, read lazily.
+
+    Sample ``i`` is row ``i`` of every key, as tensors (numbers become 0-dimensional
+    tensors, strings stay strings). The file is checked when the dataset is created, then
+    closed; it is opened again on first use in each process, so the dataset works with
+    ``num_workers > 0`` under both ``fork`` and ``spawn``. Batched reads
+    (``__getitems__``, used by DataLoader) fetch a whole batch with one read per key.
+
+    Args:
+        path: The HDF5 file.
+        keys: One dataset name (samples are single tensors), a sequence of names (samples
+            are tuples in that order) or ``None`` for every dataset in the file's root
+            group (samples are dicts by name). Names may contain ``/`` for nested groups.
+
+    Raises:
+        DataError: the file does not exist or is not HDF5, a key is missing or is not a
+            dataset, or the keys' first dimensions differ.
+
+    Example:
+        >>> dataset = HDF5Dataset("train.h5", keys=["images", "labels"])  # doctest: +SKIP
+        >>> loader = SmartDataLoader(dataset, batch_size=64, num_workers=4)  # doctest: +SKIP
+    """
+
+    def __init__(self, path: PathLike, keys: Union[str, Sequence[str], None] = None) -> None:
+        import h5py
+
+        self.path = os.fspath(path)
+        self._form = "single" if isinstance(keys, str) else "dict" if keys is None else "tuple"
+        if not os.path.isfile(self.path):
+            raise DataError(f"HDF5Dataset: no file at {self.path!r}; check the path.")
+        try:
+            handle = h5py.File(self.path, "r")
+        except OSError as error:
+            raise DataError(f"HDF5Dataset: cannot open {self.path!r} as HDF5 ({error}).") from None
+        with handle:
+            self.keys = _check_keys(handle, keys, self.path)
+            self._length = handle[self.keys[0]].shape[0]
+        self._pid: Optional[int] = None
+        self._file = None
+        self._columns: List[Any] = []
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _open(self) -> List[Any]:
+        pid = os.getpid()
+        if self._file is None or self._pid != pid:
+            import h5py
+
+            # A handle inherited through fork is dropped, never used: reads through it from
+            # several processes corrupt each other.
+            self._file = h5py.File(self.path, "r")
+            self._pid = pid
+            self._columns = [self._file[key] for key in self.keys]
+        return self._columns
+
+    def _index(self, index: int) -> int:
+        position = int(index)
+        if position < 0:
+            position += self._length
+        if not 0 <= position < self._length:
+            raise IndexError(f"HDF5Dataset index {index} is out of range for length {self._length}")
+        return position
+
+    def _sample(self, values: Sequence[Any]) -> Any:
+        if self._form == "single":
+            return values[0]
+        if self._form == "tuple":
+            return tuple(values)
+        return dict(zip(self.keys, values))
+
+    def __getitem__(self, index: int) -> Any:
+        position = self._index(index)
+        return self._sample([_to_torch(column[position]) for column in self._open()])
+
+    def __getitems__(self, indices: Sequence[int]) -> List[Any]:
+        """Read a batch with one read per key; returns the samples in the order asked."""
+        if len(indices) == 0:
+            return []
+        positions = np.asarray([self._index(i) for i in indices], dtype=np.int64)
+        # h5py reads fancy selections only in increasing order without repeats.
+        unique, inverse = np.unique(positions, return_inverse=True)
+        contiguous = unique[-1] - unique[0] + 1 == len(unique)
+        selection = slice(int(unique[0]), int(unique[-1]) + 1) if contiguous else unique
+        rows = [column[selection][inverse] for column in self._open()]
+        columns = [_rows_to_torch(block) for block in rows]
+        return [self._sample([column[j] for column in columns]) for j in range(len(positions))]
+
+    def close(self) -> None:
+        """Close this process's handle; the next read opens the file again."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file, self._pid, self._columns = None, None, []
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_file=None, _pid=None, _columns=[])
+        return state
+
+
+class HDF5Writer:
+    """Append rows of results to an HDF5 file as they are produced.
+
+    Each key becomes a resizable, chunked dataset whose first dimension is the row count.
+    Every call to :meth:`append` must give the same keys with the same number of rows, so
+    the file always reads back with :class:`HDF5Dataset`.
+
+    In a process group of ``N > 1`` ranks each rank writes its own file,
+    ``<stem>.rank<r><suffix>`` (``results.h5`` becomes ``results.rank0.h5``,
+    ``results.rank1.h5``, ...): no locking, no collective per write, and a crash of one rank
+    cannot corrupt another's file. :attr:`path` is the file this process writes.
+
+    Args:
+        path: The file to write.
+        mode: ``"w"`` creates or truncates the file; ``"a"`` appends to the datasets already
+            in it (to continue after resuming from a checkpoint).
+        compression: ``None``, ``"gzip"`` or ``"lzf"``.
+        compression_opts: The gzip level, 0-9.
+        chunk_rows: Rows per chunk; default: as many as fit in about 256 KiB.
+
+    Raises:
+        DataError: an unknown ``mode`` or ``compression``, or (in ``"a"`` mode) a file whose
+            datasets have different lengths.
+
+    Example:
+        >>> with HDF5Writer("predictions.h5", compression="gzip") as writer:  # doctest: +SKIP
+        ...     for x, y in loader:
+        ...         writer.append(logits=model(x), label=y)
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        mode: str = "w",
+        compression: Optional[str] = None,
+        compression_opts: Optional[int] = None,
+        chunk_rows: Optional[int] = None,
+    ) -> None:
+        import h5py
+
+        problems = []
+        if mode not in ("w", "a"):
+            problems.append(f"mode={mode!r} is not allowed; use 'w' or 'a'")
+        if compression not in _COMPRESSIONS:
+            problems.append(f"compression={compression!r} is not allowed; use None, gzip or lzf")
+        if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
+            problems.append(f"chunk_rows={chunk_rows!r} is not a positive int")
+        if problems:
+            raise DataError("HDF5Writer: " + "; ".join(problems) + ".")
+        self.path = _rank_path(os.fspath(path))
+        self.compression = compression
+        self.compression_opts = compression_opts
+        self.chunk_rows = chunk_rows
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(self.path, mode)
+        self._file.attrs["rank"] = get_rank()
+        self._file.attrs["num_processes"] = get_num_processes()
+        self._keys: Optional[List[str]] = None
+        self.rows = 0
+        if mode == "a":
+            self._adopt_existing()
+        call_at_exit(self.close)
+
+    def _adopt_existing(self) -> None:
+        import h5py
+
+        names: List[str] = []
+        self._file.visititems(
+            lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None
+        )
+        if not names:
+            return
+        lengths = {name: self._file[name].shape[0] for name in names}
+        if len(set(lengths.values())) > 1:
+            self._file.close()
+            raise DataError(
+                f"HDF5Writer(mode='a'): the datasets in {self.path!r} have different lengths "
+                f"({_listing(lengths)}); append to a file written by HDF5Writer, or use mode='w'."
+            )
+        self._keys = sorted(names)
+        self.rows = next(iter(lengths.values()))
+
+    def append(self, rows: Optional[Mapping[str, Any]] = None, **columns: Any) -> None:
+        """Append rows: one array-like per key, all with the same first dimension.
+
+        Values may be tensors (any device; detached and copied to the host), numpy arrays,
+        numbers or lists. A number or 0-dimensional value is one row; to append a single
+        vector row, give it a leading dimension of 1. bfloat16 is stored as float32.
+
+        Args:
+            rows: A mapping from key to values; may be combined with keyword arguments.
+            **columns: Keys and values as keyword arguments.
+
+        Raises:
+            DataError: no values, keys that differ from the first append, unequal row
+                counts, or a row shape that differs from the rows already written.
+        """
+        if self._file is None:
+            raise DataError(f"HDF5Writer for {self.path!r} is closed; create a new writer.")
+        data = dict(rows or {})
+        data.update(columns)
+        if not data:
+            raise DataError("HDF5Writer.append needs at least one key with values.")
+        arrays = {str(key): _to_numpy(value) for key, value in data.items()}
+        counts = {key: array.shape[0] for key, array in arrays.items()}
+        problems = []
+        if len(set(counts.values())) > 1:
+            problems.append(f"the row counts differ ({_listing(counts)})")
+        if self._keys is not None and sorted(arrays) != self._keys:
+            problems.append(f"the keys are {sorted(arrays)}, earlier rows have {self._keys}")
+        for key, array in arrays.items():
+            if key in self._file and self._file[key].shape[1:] != array.shape[1:]:
+                problems.append(
+                    f"{key!r} rows have shape {list(array.shape[1:])}, the file has "
+                    f"{list(self._file[key].shape[1:])}"
+                )
+        if problems:
+            raise DataError(f"HDF5Writer.append: {'; '.join(problems)}.")
+        self._keys = sorted(arrays)
+        count = next(iter(counts.values()))
+        for key, array in arrays.items():
+            column = self._column(key, array)
+            column.resize(self.rows + count, axis=0)
+            column[self.rows : self.rows + count] = array
+        self.rows += count
+
+    def _column(self, key: str, array: np.ndarray):
+        if key in self._file:
+            return self._file[key]
+        import h5py
+
+        row_shape = array.shape[1:]
+        row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * array.dtype.itemsize)
+        chunk = self.chunk_rows or max(1, min(65536, _CHUNK_BYTES // row_bytes))
+        dtype = h5py.string_dtype() if array.dtype.kind in "OU" else array.dtype
+        return self._file.create_dataset(
+            key,
+            shape=(0, *row_shape),
+            maxshape=(None, *row_shape),
+            dtype=dtype,
+            chunks=(chunk, *row_shape),
+            compression=self.compression,
+            compression_opts=self.compression_opts,
+        )
+
+    def flush(self) -> None:
+        """Write buffered data to disk, so readers see every appended row."""
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close the file; called at experiment end if not called before."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "HDF5Writer":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def _check_keys(handle: Any, keys: Union[str, Sequence[str], None], path: str) -> List[str]:
+    import h5py
+
+    if keys is None:
+        names = sorted(name for name, item in handle.items() if isinstance(item, h5py.Dataset))
+        if not names:
+            raise DataError(f"HDF5Dataset: {path!r} has no datasets in its root group.")
+    else:
+        names = [keys] if isinstance(keys, str) else [str(key) for key in keys]
+        if not names:
+            raise DataError("HDF5Dataset: keys is empty; name at least one dataset or give None.")
+    available = []
+    handle.visititems(
+        lambda name, item: available.append(name) if isinstance(item, h5py.Dataset) else None
+    )
+    missing = [name for name in names if name not in handle]
+    not_data = [name for name in names if name in handle and name not in available]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if not_data:
+        problems.append(f"{not_data} are groups, not datasets")
+    scalars = [n for n in names if n in available and handle[n].shape in ((), None)]
+    if scalars:
+        problems.append(f"{scalars} are scalars, with no rows")
+    if problems:
+        raise DataError(
+            f"HDF5Dataset: {path!r} has {'; '.join(problems)}; its datasets are {available}."
+        )
+    lengths = {name: handle[name].shape[0] for name in names}
+    if len(set(lengths.values())) > 1:
+        raise DataError(
+            f"HDF5Dataset: the keys of {path!r} have different lengths ({_listing(lengths)}); "
+            "give keys whose first dimensions agree."
+        )
+    return names
+
+
+def _rank_path(path: str) -> str:
+    if get_num_processes() <= 1:
+        return path
+    base, suffix = os.path.splitext(path)
+    return f"{base}.rank{get_rank()}{suffix}"
+
+
+def _listing(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key}: {value}" for key, value in values.items())
+
+
+def _to_torch(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+        return value.tolist()
+    if isinstance(value, (np.ndarray, np.generic)):
+        return torch.from_numpy(np.array(value))
+    return value
+
+
+def _rows_to_torch(block: np.ndarray) -> Any:
+    if block.dtype.kind in "OSU":
+        return [_to_torch(row) for row in block]
+    return torch.from_numpy(np.ascontiguousarray(block))
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        array = tensor.numpy()
+    else:
+        array = np.asarray(value)
+    return array.reshape(1) if array.ndim == 0 else array

@@ -103,19 +103,24 @@ class ShardedSampler(Sampler[int]):
 
 
 class ResumableIndices:
-    """Wraps a DataLoader's index sampler so an iteration can start after ``skip`` entries.
+    """A loader's index sampler, starting after the loader's ``_skip`` entries.
 
     One instance lives as long as its loader: a loader with persistent workers keeps the
     index sampler it saw first, so the skip is read from the loader each time an iteration
     starts rather than fixed at construction.
     """
 
-    def __init__(self, base: Callable[[], Any], skip: Callable[[], int]) -> None:
-        self._base = base
-        self._skip = skip
+    def __init__(self, loader: Callable[[], Any]) -> None:
+        # A weak reference: a strong one would make a cycle, and a loader with persistent
+        # workers freed by the cycle collector waits seconds for its workers to stop.
+        self._loader = loader
+
+    def _base(self) -> Any:
+        loader = self._loader()
+        return loader.batch_sampler if loader._auto_collation else loader.sampler
 
     def __iter__(self) -> Iterator[Any]:
-        skip = self._skip()
+        skip = self._loader()._skip
         indices = iter(self._base())
         return itertools.islice(indices, skip, None) if skip else indices
 

@@ -144,12 +144,9 @@ class SmartDataLoader(DataLoader):
     def _index_sampler(self):
         resumable = self.__dict__.get("_resumable_indices")
         if resumable is None:
-            resumable = ResumableIndices(self._base_index_sampler, lambda: self._skip)
+            resumable = ResumableIndices(weakref.ref(self))
             self.__dict__["_resumable_indices"] = resumable
         return resumable
-
-    def _base_index_sampler(self):
-        return self.batch_sampler if self._auto_collation else self.sampler
 
     @property
     def device(self) -> Optional[torch.device]:
@@ -367,7 +364,6 @@ class SmartDataLoader(DataLoader):
             file=stream,
             dynamic_ncols=terminal,
             mininterval=0.1 if terminal else 60.0,
-            leave=not terminal,
         )
 
 

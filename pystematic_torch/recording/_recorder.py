@@ -1,0 +1,435 @@
+"""The Recorder: the training thread's side of recording."""
+import atexit
+import logging
+import numbers
+import operator
+import weakref
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
+
+from .. import _session
+from ..distributed import all_reduce, get_rank, is_distributed
+from ..errors import RecorderError, StateDictError
+from . import _values
+from ._backend import RecorderBackend
+from ._writer import ARRAY, FIGURE, HISTOGRAM, IMAGE, PARAMS, RESUME, SCALAR, STEP, TEXT, Writer
+
+__all__ = ["Recorder"]
+
+logger = logging.getLogger("pystematic.torch.recording")
+
+_REDUCE_OPS = ("mean", "sum", "max", "min")
+_open_recorders: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
+
+
+class Recorder:
+    """Records scalars, images, figures, histograms, text and hyperparameters of a run.
+
+    Every value is recorded at the current :attr:`count`, which :meth:`step` advances. The
+    recording methods only check the value and append it to a queue; one background thread
+    per recorder converts the values and writes them to the enabled backends, in the order
+    they were recorded. See :doc:`recording` for the threading model.
+
+    Args:
+        output_dir: Where the files go. Defaults to the running experiment's output
+            directory; required outside an experiment unless only the console and custom
+            backends are used.
+        tensorboard: Write TensorBoard event files into ``output_dir``.
+        file: Write ``scalars.csv``, ``text.csv`` and PNG files under ``images/``.
+        console: Print each step's scalars when :meth:`step` is called.
+        hdf5: Write scalars and arrays to ``recordings.h5``.
+        backends: Further backends, instances of :class:`RecorderBackend` subclasses.
+        max_pending: How many recorded values may wait for the writer. A call that finds
+            the queue full blocks until the writer has worked it down to half; no value is
+            ever dropped.
+        flush_secs: How often the writer flushes files while values keep arriving.
+
+    Raises:
+        RecorderError: No output directory is known, or an argument has a wrong type.
+
+    Example:
+        >>> recorder = pystematic.torch.Recorder()
+        >>> for batch in loader:
+        ...     loss = train_step(batch)
+        ...     recorder.scalar("train/loss", loss)
+        ...     recorder.step()
+    """
+
+    def __init__(
+        self,
+        output_dir: Union[str, Path, None] = None,
+        tensorboard: bool = True,
+        file: bool = True,
+        console: bool = False,
+        hdf5: bool = False,
+        *,
+        backends: Sequence[RecorderBackend] = (),
+        max_pending: int = 100_000,
+        flush_secs: float = 5.0,
+    ) -> None:
+        from ._console import ConsoleBackend
+        from ._files import FileBackend
+        from ._hdf5 import HDF5Backend
+        from ._tensorboard import TensorBoardBackend
+
+        bad = [repr(b) for b in backends if not isinstance(b, RecorderBackend)]
+        if bad:
+            raise RecorderError(
+                f"Recorder(backends=...) got {', '.join(bad)}; every backend must be an "
+                "instance of a RecorderBackend subclass."
+            )
+        if not isinstance(max_pending, int) or max_pending < 2:
+            raise RecorderError(f"Recorder got max_pending={max_pending!r}; give an int >= 2.")
+        chosen = [
+            cls() for on, cls in ((tensorboard, TensorBoardBackend), (file, FileBackend),
+                                  (console, ConsoleBackend), (hdf5, HDF5Backend)) if on
+        ] + list(backends)
+        self.output_dir = _resolve_output_dir(output_dir, tensorboard or file or hdf5)
+        self._count = 0
+        self._closed = False
+        self._silent = is_distributed() and get_rank() != 0
+        self._max_pending = max_pending
+        self._wake_at = min(1024, max_pending // 2)
+        self._array_shapes: Dict[str, tuple] = {}
+        self._unstored_arrays: set = set()
+        self._writer: Optional[Writer] = None
+        if not self._silent:
+            self._writer = Writer(chosen, self.output_dir, max_pending, flush_secs,
+                                  self._writer_failed)
+        self._items = self._writer.items if self._writer else None
+        self._wants_steps = bool(self._writer and self._writer.wants("step_finished"))
+        self._wants_resume = bool(self._writer and self._writer.wants("resume"))
+        self._stores_arrays = bool(self._writer and self._writer.wants("array"))
+        self._accepting = not self._silent
+        _open_recorders.add(self)
+        _session.call_at_exit(self.close)
+
+    # -- the counter ---------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        """The step at which values are recorded now; settable, for example to an epoch."""
+        return self._count
+
+    @count.setter
+    def count(self, value: int) -> None:
+        try:
+            value = operator.index(value)
+        except TypeError:
+            value = -1
+        if value < 0:
+            raise RecorderError(f"Recorder.count must be an int >= 0, not {value!r}.")
+        self._count = value
+
+    def step(self) -> None:
+        """Advance :attr:`count` by one; the console backend prints the finished step.
+
+        Raises:
+            RecorderError: The recorder is closed, or a backend failed since the last call.
+        """
+        self._count += 1
+        if (self._accepting or self._reopen()) and self._wants_steps:
+            self._put(STEP, None, None, self._count - 1)
+
+    # -- recording -----------------------------------------------------------------------
+
+    def scalar(self, tag: str, value: Any, reduce: Optional[str] = None) -> None:
+        """Record one number.
+
+        Args:
+            tag: Its name, for example ``"train/loss"``; ``/`` groups tags in TensorBoard.
+            value: A Python or NumPy number, or a tensor with one element on any device.
+                A CUDA tensor is not read on this thread, so recording it does not wait
+                for the GPU.
+            reduce: ``"mean"``, ``"sum"``, ``"max"`` or ``"min"`` to combine the values of
+                all ranks first. This is a collective operation: every rank must make the
+                same call, in the same order, or the ranks wait for each other forever.
+                Without a process group it records the value itself.
+
+        Raises:
+            RecorderError: ``value`` is not a one-element number (the message names the
+                tag), ``reduce`` is unknown, the recorder is closed, or a backend failed
+                since the last call.
+        """
+        if reduce is not None:
+            value = self._reduced(tag, value, reduce)
+        elif (value.__class__ is not float and value.__class__ is not int) or (
+            tag.__class__ is not str or not tag
+        ):
+            value = _values.scalar(tag, value)
+        if self._accepting or self._reopen():
+            items = self._items
+            items.append((SCALAR, tag, value, self._count))
+            pending = len(items)
+            if pending >= self._wake_at:
+                self._backlog(pending)
+
+    def scalars(self, values: Mapping[str, Any], reduce: Optional[str] = None) -> None:
+        """Record several numbers at the current count; see :meth:`scalar`.
+
+        Args:
+            values: A mapping from tag to value.
+            reduce: As in :meth:`scalar`; one collective per value, in the mapping's order.
+        """
+        for tag, value in values.items():
+            self.scalar(tag, value, reduce)
+
+    def image(self, tag: str, img: Any, layout: Optional[str] = None) -> None:
+        """Record an image.
+
+        Args:
+            tag: Its name.
+            img: A PIL image, NumPy array or tensor of shape HW, HWC or CHW with 1, 3 or 4
+                channels; ``uint8`` from 0 to 255 or floating point from 0 to 1 (values
+                outside are clipped). The data is copied, so the caller may reuse it.
+            layout: ``"HW"``, ``"HWC"`` or ``"CHW"``. Inferred when None: tensors are
+                taken as CHW and arrays as HWC when both would fit.
+
+        Raises:
+            RecorderError: The shape or dtype is not an image, naming the tag.
+        """
+        self._put(IMAGE, tag, _values.image(tag, img, layout))
+
+    def figure(self, tag: str, figure: Any) -> None:
+        """Record a matplotlib figure as an image, rendered on the writer thread.
+
+        The figure is closed (taken out of pyplot) at once and freed after rendering, so
+        recording a new figure every epoch does not accumulate memory. Do not change the
+        figure after handing it over.
+
+        Raises:
+            RecorderError: ``figure`` is not a matplotlib figure.
+        """
+        self._put(FIGURE, tag, _values.figure(tag, figure))
+
+    def histogram(self, tag: str, values: Any, bins: int = 30) -> None:
+        """Record the distribution of ``values`` (any shape; NaN and infinities are left out).
+
+        Args:
+            tag: Its name.
+            values: A tensor, NumPy array or sequence of numbers; copied at the call.
+            bins: The number of equal-width buckets between the smallest and largest value.
+        """
+        if not isinstance(bins, int) or bins < 1:
+            raise RecorderError(f"Recorder.histogram({tag!r}) got bins={bins!r}; give an int >= 1.")
+        self._put(HISTOGRAM, tag, (_values.array("histogram", tag, values), bins))
+
+    def text(self, tag: str, text: str) -> None:
+        """Record a string (shown by TensorBoard's Text tab as Markdown)."""
+        _values.check_tag("text", tag)
+        if not isinstance(text, str):
+            raise RecorderError(
+                f"Recorder.text({tag!r}) got a {type(text).__name__}; give a str, e.g. str(x)."
+            )
+        self._put(TEXT, tag, text)
+
+    def params(
+        self, params: Mapping[str, Any], metrics: Optional[Mapping[str, Any]] = None
+    ) -> None:
+        """Record the run's hyperparameters, shown in TensorBoard's HParams tab for this run.
+
+        Args:
+            params: Names and values. Booleans, numbers and strings are kept; other values
+                (None, lists, paths) are recorded as their ``str()``.
+            metrics: Tags and values of the run's results; they are also recorded as
+                scalars at the current count, so the HParams tab can show them.
+
+        Example:
+            >>> recorder.params(pystematic.params, metrics={"val/accuracy": 0.93})
+        """
+        if not isinstance(params, Mapping):
+            raise RecorderError(f"Recorder.params() got {type(params).__name__}; give a dict.")
+        kept = {str(name): _param_value(value) for name, value in params.items()}
+        metric_values = {tag: _values.scalar(tag, v) for tag, v in dict(metrics or {}).items()}
+        self._put(PARAMS, None, (kept, list(metric_values)))
+        for tag, value in metric_values.items():
+            self.scalar(tag, value)
+
+    def array(self, tag: str, array: Any) -> None:
+        """Record an array for backends that store arrays (HDF5, custom ones).
+
+        Every array of a tag must have the same shape; they are stacked along a new first
+        axis. With no such backend enabled the call logs a warning once per tag.
+
+        Raises:
+            RecorderError: The shape differs from the tag's earlier arrays.
+        """
+        data = _values.array("array", tag, array)
+        shape = tuple(data.shape)
+        if self._array_shapes.setdefault(tag, shape) != shape:
+            raise RecorderError(
+                f"Recorder.array({tag!r}) got shape {shape}, but earlier arrays of this tag "
+                f"had shape {self._array_shapes[tag]}; use a new tag for a new shape."
+            )
+        if not self._stores_arrays and not self._silent and tag not in self._unstored_arrays:
+            self._unstored_arrays.add(tag)
+            logger.warning("Array %r is not stored: no backend stores arrays (use hdf5=True).",
+                           tag)
+        self._put(ARRAY, tag, data)
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Return once everything recorded so far is written and flushed to the files.
+
+        A no-op after :meth:`close`.
+
+        Raises:
+            RecorderError: A backend failed since the last call.
+        """
+        if self._writer is not None and not self._closed:
+            self._writer.flush()
+        self._raise_failures()
+
+    def close(self) -> None:
+        """Write everything recorded so far, close the files and end the writer thread.
+
+        Called by the plugin when the experiment ends, also when it raised. Calling it again
+        does nothing; recording after it raises :class:`~pystematic_torch.RecorderError`.
+
+        Raises:
+            RecorderError: A backend failed since the last call.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._accepting = False
+        _open_recorders.discard(self)
+        if self._writer is not None:
+            self._writer.stop()
+        self._raise_failures()
+
+    def setup_distributed(self) -> None:
+        """Silence this recorder on ranks other than 0; called by ``Context.ddp()``.
+
+        Values queued on such a rank are discarded. Calls keep working there (a
+        ``reduce=`` call still takes part in its collective) but record nothing.
+        """
+        if self._silent or not is_distributed() or get_rank() == 0:
+            return
+        self._silent = True
+        self._accepting = False
+        if self._writer is not None and not self._closed:
+            self._writer.discard()
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, int]:
+        """The recorder's state for a checkpoint: ``{"count": count}``."""
+        return {"count": self._count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue counting from a checkpoint's count.
+
+        Backends that append to existing files (CSV, HDF5, TensorBoard in the same
+        directory) drop what they hold at this count or later, so a run resumed into the
+        same output directory has no duplicated steps.
+
+        Raises:
+            StateDictError: ``state`` has no int ``"count"``.
+        """
+        count = state.get("count") if isinstance(state, Mapping) else None
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise StateDictError(
+                f"Recorder.load_state_dict() got {state!r}; expected a dict like "
+                "{'count': 12} as returned by Recorder.state_dict()."
+            )
+        self._count = count
+        if self._accepting and self._wants_resume:
+            self._put(RESUME, None, None, count)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _put(self, kind: int, tag: Optional[str], value: Any, step: Optional[int] = None) -> None:
+        if self._accepting or self._reopen():
+            items = self._items
+            items.append((kind, tag, value, self._count if step is None else step))
+            pending = len(items)
+            if pending >= self._wake_at:
+                self._backlog(pending)
+
+    def _backlog(self, pending: int) -> None:
+        # The writer polls every 0.1 s; a growing backlog wakes it at once (only at the
+        # crossing, so a busy writer costs no Event.set() per call), a full queue blocks.
+        if pending >= self._max_pending:
+            self._writer.wait_for_room()
+        elif pending == self._wake_at:
+            self._writer.wake()
+
+    def _reduced(self, tag: str, value: Any, reduce: str) -> Any:
+        if reduce not in _REDUCE_OPS:
+            raise RecorderError(
+                f"Recorder.scalar({tag!r}) got reduce={reduce!r}; allowed are "
+                f"{', '.join(map(repr, _REDUCE_OPS))} or None."
+            )
+        return all_reduce(_values.scalar(tag, value), op=reduce)
+
+    def _writer_failed(self) -> None:
+        # Runs on the writer thread; the next call on the training thread takes the slow
+        # path and raises the failure.
+        self._accepting = False
+
+    def _reopen(self) -> bool:
+        """The slow path of every call: whether to record, or the error to raise."""
+        if self._closed:
+            raise RecorderError(
+                "This Recorder is closed; recording after close() is not possible. Create "
+                "a new Recorder to record more."
+            )
+        if self._silent:
+            return False
+        self._accepting = True
+        self._raise_failures()
+        return True
+
+    def _raise_failures(self) -> None:
+        failures = self._writer.failures if self._writer is not None else []
+        if failures:
+            found = [failures.pop(0) for _ in range(len(failures))]
+            error = found[0] if len(found) == 1 else RecorderError(
+                " ".join(str(f) for f in found))
+            if error is not found[0]:
+                error.__cause__ = found[0].__cause__
+            raise error
+
+
+def _param_value(value: Any) -> Union[bool, int, float, str]:
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return str(value)
+
+
+def _resolve_output_dir(output_dir: Union[str, Path, None], needed: bool) -> Optional[Path]:
+    if output_dir is not None:
+        return Path(output_dir)
+    if _session.current_params() is not None:
+        import pystematic
+
+        return Path(str(pystematic.output_dir))
+    if needed:
+        raise RecorderError(
+            "Recorder() got no output_dir and no pystematic experiment is running; pass "
+            "output_dir='some/dir', create the recorder inside an experiment, or turn the "
+            "file backends off (tensorboard=False, file=False, hdf5=False)."
+        )
+    return None
+
+
+@atexit.register
+def _close_open_recorders() -> None:
+    """Recorders used outside an experiment are closed when the interpreter exits."""
+    for recorder in list(_open_recorders):
+        try:
+            recorder.close()
+        except Exception:
+            logger.exception("Closing a recorder at interpreter exit failed.")

@@ -35,6 +35,13 @@ _EXPORTS: Dict[str, str] = {
     "CheckpointError": "errors",
     "DataError": "errors",
     "RecorderError": "errors",
+    "Recorder": "recording",
+    "RecorderBackend": "recording",
+    "RecordedImage": "recording",
+    "TensorBoardBackend": "recording",
+    "FileBackend": "recording",
+    "ConsoleBackend": "recording",
+    "HDF5Backend": "recording",
 }
 
 __all__: List[str] = ["__version__", *_EXPORTS]

@@ -1,0 +1,174 @@
+"""HDF5Dataset and HDF5Writer on real h5py files, with DataLoader workers and two ranks."""
+import os
+import pickle
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from multiprocess import run_on_ranks
+
+from pystematic_torch.data import SmartDataLoader
+from pystematic_torch.errors import DataError
+from pystematic_torch.hdf5 import HDF5Dataset, HDF5Writer
+
+
+@pytest.fixture
+def sample_file(tmp_path):
+    path = tmp_path / "samples.h5"
+    with h5py.File(path, "w") as handle:
+        handle["image"] = np.arange(40 * 6, dtype=np.float32).reshape(40, 2, 3)
+        handle["label"] = np.arange(40, dtype=np.int64) * 10
+        handle["group/nested"] = np.ones(40, dtype=np.int8)
+        handle["short"] = np.zeros(5)
+        handle["scalar"] = 3.0
+    return path
+
+
+def test_dataset_reads_rows_in_the_shape_asked_for(sample_file):
+    pair = HDF5Dataset(sample_file, keys=["image", "label"])
+    assert len(pair) == 40
+    image, label = pair[7]
+    assert torch.equal(image, torch.arange(42, 48, dtype=torch.float32).reshape(2, 3))
+    assert label.item() == 70 and label.dtype == torch.int64
+    assert pair[-1][1].item() == 390
+    assert HDF5Dataset(sample_file, keys="label")[2].item() == 20
+    nested = HDF5Dataset(sample_file, keys=["group/nested"])
+    assert nested[0][0].item() == 1
+    with pytest.raises(IndexError):
+        pair[40]
+
+
+def test_batched_reads_keep_the_requested_order_with_repeats(sample_file):
+    dataset = HDF5Dataset(sample_file, keys=["image", "label"])
+    indices = [12, 3, 12, 39, 0]
+    batched = dataset.__getitems__(indices)
+    assert [label.item() for _, label in batched] == [i * 10 for i in indices]
+    for (image, _), index in zip(batched, indices):
+        assert torch.equal(image, dataset[index][0])
+    contiguous = dataset.__getitems__([5, 6, 7])
+    assert [label.item() for _, label in contiguous] == [50, 60, 70]
+
+
+@pytest.mark.timeout(60)
+def test_workers_open_their_own_handle_and_read_correctly(sample_file):
+    class Traced(HDF5Dataset):
+        def __getitems__(self, indices):
+            samples = super().__getitems__(indices)
+            return [(*sample, os.getpid(), id(self._file)) for sample in samples]
+
+    dataset = Traced(sample_file, keys=["image", "label"])
+    dataset[0]  # the parent opens a handle before the workers fork
+    parent_handle = id(dataset._file)
+    loader = SmartDataLoader(dataset, batch_size=4, shuffle=True, random_seed=1, num_workers=2,
+                             loading_bar=False, multiprocessing_context="fork")  # fmt: skip
+    labels, pids = [], set()
+    for image, label, pid, handle in loader:
+        for row, value in zip(image, label.tolist()):
+            assert torch.equal(row.flatten(), torch.arange(value // 10 * 6, value // 10 * 6 + 6.0))
+        labels += label.tolist()
+        pids |= set(pid.tolist())
+        assert parent_handle not in handle.tolist()
+    assert sorted(labels) == [i * 10 for i in range(40)]
+    assert len(pids) == 2 and os.getpid() not in pids
+    plain = HDF5Dataset(sample_file, keys=["image", "label"])
+    plain[0]
+    revived = pickle.loads(pickle.dumps(plain))  # what spawned workers receive
+    assert plain._file is not None and revived._file is None and revived[1][1].item() == 10
+
+
+def test_default_keys_give_dicts_of_the_root_datasets(tmp_path):
+    path = tmp_path / "two.h5"
+    with h5py.File(path, "w") as handle:
+        handle["b"] = np.arange(3)
+        handle["a"] = np.arange(3) + 1
+        handle.create_group("extra")
+    sample = HDF5Dataset(path)[1]
+    assert list(sample) == ["a", "b"] and sample["a"].item() == 2
+
+
+def test_dataset_errors_name_the_problem(sample_file, tmp_path):
+    with pytest.raises(DataError, match="no file at"):
+        HDF5Dataset(tmp_path / "nothing.h5", keys="x")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(DataError, match="cannot open"):
+        HDF5Dataset(tmp_path / "text.h5")
+    with pytest.raises(DataError, match=r"missing keys \['labels'\]; its datasets are"):
+        HDF5Dataset(sample_file, keys=["image", "labels"])
+    with pytest.raises(DataError, match=r"\['group'\] are groups"):
+        HDF5Dataset(sample_file, keys=["group"])
+    with pytest.raises(DataError, match="different lengths.*image: 40, short: 5"):
+        HDF5Dataset(sample_file, keys=["image", "short"])
+    with pytest.raises(DataError, match="scalars"):
+        HDF5Dataset(sample_file, keys=["scalar"])
+
+
+def test_writer_appends_chunked_compressed_rows(tmp_path):
+    path = tmp_path / "out" / "results.h5"
+    with HDF5Writer(path, compression="gzip", compression_opts=4, chunk_rows=16) as writer:
+        for step in range(5):
+            logits = torch.full((3, 4), float(step))
+            writer.append({"logits": logits}, step=torch.tensor([step] * 3))
+        writer.append(logits=np.zeros((1, 4)), step=7)
+        assert writer.rows == 16
+    with h5py.File(path, "r") as handle:
+        assert handle["logits"].shape == (16, 4) and handle["logits"].chunks == (16, 4)
+        assert handle["logits"].compression == "gzip" and handle["logits"].maxshape == (None, 4)
+        assert handle["step"][:].tolist() == [s for s in range(5) for _ in range(3)] + [7]
+    read_back = HDF5Dataset(path, keys=["logits", "step"])
+    assert read_back[4][0].tolist() == [1.0] * 4
+    read_back.close()  # HDF5 refuses to open a file for writing that is open for reading
+
+    with HDF5Writer(path, mode="a") as writer:
+        assert writer.rows == 16
+        writer.append(logits=torch.ones(2, 4, dtype=torch.bfloat16), step=[8, 9])
+    assert len(HDF5Dataset(path, keys=["logits", "step"])) == 18
+
+
+def test_writer_errors_name_the_problem(tmp_path):
+    with pytest.raises(DataError, match="mode='r' is not.*compression='zstd' is not"):
+        HDF5Writer(tmp_path / "x.h5", mode="r", compression="zstd")
+    writer = HDF5Writer(tmp_path / "x.h5")
+    writer.append(a=torch.zeros(2, 3), b=[1, 2])
+    with pytest.raises(DataError, match="row counts differ"):
+        writer.append(a=torch.zeros(2, 3), b=[1, 2, 3])
+    with pytest.raises(DataError, match=r"keys are \['a'\], earlier rows have \['a', 'b'\]"):
+        writer.append(a=torch.zeros(1, 3))
+    with pytest.raises(DataError, match=r"'a' rows have shape \[4\], the file has \[3\]"):
+        writer.append(a=torch.zeros(1, 4), b=[1])
+    writer.close()
+    with pytest.raises(DataError, match="closed"):
+        writer.append(a=torch.zeros(1, 3), b=[1])
+    with h5py.File(tmp_path / "uneven.h5", "w") as handle:
+        handle.create_dataset("a", data=np.zeros(2), maxshape=(None,))
+        handle.create_dataset("b", data=np.zeros(3), maxshape=(None,))
+    with pytest.raises(DataError, match="different lengths"):
+        HDF5Writer(tmp_path / "uneven.h5", mode="a")
+
+
+def _write_per_rank(rank, directory):
+    with HDF5Writer(os.path.join(directory, "preds.h5")) as writer:
+        writer.append(rank=torch.full((rank + 2,), rank))
+        return writer.path
+
+
+@pytest.mark.timeout(90)
+def test_each_rank_writes_its_own_file(tmp_path):
+    paths = run_on_ranks(_write_per_rank, args=(str(tmp_path),), timeout=80)
+    assert [os.path.basename(p) for p in paths] == ["preds.rank0.h5", "preds.rank1.h5"]
+    for rank, path in enumerate(paths):
+        with h5py.File(path, "r") as handle:
+            assert handle["rank"][:].tolist() == [rank] * (rank + 2)
+            assert (handle.attrs["rank"], handle.attrs["num_processes"]) == (rank, 2)
+
+
+def test_importing_the_module_loads_neither_h5py_nor_tensorboard():
+    code = (
+        "import sys, pystematic_torch.hdf5\n"
+        "print(sorted({'h5py', 'tensorboard'} & set(sys.modules)))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert output.returncode == 0, output.stderr
+    assert output.stdout.strip() == "[]"

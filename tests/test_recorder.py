@@ -368,3 +368,20 @@ def test_cuda_scalars_are_read_on_the_writer_thread(tmp_path):
         value += 1  # the recorded clone keeps the value at the call
         recorder.scalar("cuda", value * 2)
     assert [r[2] for r in read_csv(tmp_path / "scalars.csv")[1:]] == ["2.5", "7.0"]
+
+
+class DyingBackend(RecorderBackend):
+    name = "dying"
+
+    def scalar(self, tag, value, step):
+        raise SystemExit("the writer is gone")
+
+
+def test_a_dead_writer_thread_is_reported_and_refuses_further_values(tmp_path):
+    recorder = Recorder(tensorboard=False, file=False, backends=[DyingBackend()])
+    recorder.scalar("x", 1.0)
+    with pytest.raises(RecorderError, match="writer failed running the writer thread"):
+        recorder.flush()
+    with pytest.raises(RecorderError, match="writer thread has stopped"):
+        recorder.scalar("x", 2.0)
+    recorder.close()

@@ -130,6 +130,7 @@ class Recorder:
         self._count += 1
         if (self._accepting or self._reopen()) and self._wants_steps:
             self._put(STEP, None, None, self._count - 1)
+            self._writer.wake()  # a step's line is printed now, not at the next poll
 
     # -- recording -----------------------------------------------------------------------
 
@@ -384,8 +385,13 @@ class Recorder:
             )
         if self._silent:
             return False
-        self._accepting = True
         self._raise_failures()
+        if not self._writer.alive:
+            raise RecorderError(
+                "The recorder's writer thread has stopped (see the error logged before), so "
+                "nothing more can be recorded; create a new Recorder."
+            )
+        self._accepting = True
         return True
 
     def _raise_failures(self) -> None:

@@ -82,6 +82,10 @@ class Writer:
 
     # -- called on the training thread ---------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -94,6 +98,12 @@ class Writer:
             if len(self.items) > self._low_water:
                 self._room.wait(0.05)
         self._waiting_for_room = False
+        if not self._thread.is_alive() and not self._stopping:
+            self.items.clear()
+            raise RecorderError(
+                "The recorder's writer thread has stopped (see the error logged before), so "
+                "nothing more can be recorded; create a new Recorder."
+            )
 
     def flush(self) -> None:
         """Return once every item appended so far has been written and flushed."""

@@ -1,0 +1,193 @@
+"""SmartDataLoader against a plain DataLoader, measured in the same run.
+
+    python benchmarks/dataloader.py                 # CPU overhead; GPU throughput if CUDA
+    python benchmarks/dataloader.py --throughput-device cpu --samples 2048   # smoke test
+
+CPU part: the time of one epoch over the same per-sample dataset with a plain DataLoader and
+with SmartDataLoader (progress bar on), alternating the two, median of ``--rounds`` epochs
+each; the overhead is the difference of the medians. Target: at most 3 %.
+
+Throughput part (on CUDA when available): a small CNN trained on 256-image batches
+(3x64x64 float) from an in-memory dataset of ``--samples`` samples, fed by
+  - plain:    DataLoader(TensorDataset, 4 workers) + .to(device)
+  - pinned:   the same with pin_memory=True + .to(device, non_blocking=True)
+  - smart:    SmartDataLoader(TensorDataset).to(device)            (batched gather path)
+  - smart-ps: SmartDataLoader(per-sample dataset, 4 workers).to(device)
+  - cached:   SmartDataLoader(TensorDataset, cache="device").to(device)
+  - on-gpu:   the tensors already on the device, indexed with a device permutation
+"""
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from pystematic_torch import SmartDataLoader
+
+
+class PerSample(Dataset):
+    """An in-memory dataset read one sample at a time, like most user datasets."""
+
+    def __init__(self, *tensors):
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(self.tensors[0])
+
+    def __getitem__(self, index):
+        return tuple(tensor[index] for tensor in self.tensors)
+
+
+def epoch_seconds(loader) -> float:
+    start = time.perf_counter()
+    for _batch in loader:
+        pass
+    return time.perf_counter() - start
+
+
+def cpu_overhead(args) -> None:
+    generator = torch.Generator().manual_seed(0)
+    dataset = PerSample(
+        torch.randn(args.cpu_samples, 3, 16, 16, generator=generator),
+        torch.randint(0, 10, (args.cpu_samples,), generator=generator),
+    )
+    plain = DataLoader(dataset, batch_size=64, shuffle=True, num_workers=args.cpu_workers)
+    smart = SmartDataLoader(dataset, batch_size=64, shuffle=True, num_workers=args.cpu_workers,
+                            loading_bar=True)  # fmt: skip
+    epoch_seconds(plain), epoch_seconds(smart)  # warm-up
+    plain_times, smart_times = [], []
+    for _ in range(args.rounds):
+        plain_times.append(epoch_seconds(plain))
+        smart_times.append(epoch_seconds(smart))
+    plain_median, smart_median = statistics.median(plain_times), statistics.median(smart_times)
+    overhead = (smart_median / plain_median - 1) * 100
+    print(f"CPU epoch, {args.cpu_samples} samples, batch 64, {args.cpu_workers} workers, "
+          f"median of {args.rounds}:")  # fmt: skip
+    print(f"  plain DataLoader        {plain_median * 1000:8.1f} ms")
+    print(f"  SmartDataLoader (bar)   {smart_median * 1000:8.1f} ms   overhead {overhead:+.1f} %")
+
+    tensors = TensorDataset(*dataset.tensors)
+    plain_tensor = DataLoader(tensors, batch_size=64, shuffle=True)
+    smart_tensor = SmartDataLoader(tensors, batch_size=64, shuffle=True, loading_bar=True)
+    plain_t = statistics.median(epoch_seconds(plain_tensor) for _ in range(args.rounds))
+    smart_t = statistics.median(epoch_seconds(smart_tensor) for _ in range(args.rounds))
+    print(f"  TensorDataset: plain {plain_t * 1000:.1f} ms, "
+          f"SmartDataLoader {smart_t * 1000:.1f} ms ({plain_t / smart_t:.1f}x, batched gather)")
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+
+
+def throughput(args) -> None:
+    device = torch.device(args.throughput_device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("Throughput comparison skipped: no CUDA device (use --throughput-device cpu).")
+        return
+    size, image, batch = args.samples, args.image, args.batch_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(size, 3, image, image, generator=generator)
+    labels = torch.randint(0, 10, (size,), generator=generator)
+    model = small_cnn().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(x, y):
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def measure(batches_of_epoch) -> float:
+        batches_of_epoch()  # warm-up: workers, caches, cuDNN autotuning
+        rates = []
+        for _ in range(args.epochs):
+            synchronize()
+            start = time.perf_counter()
+            count = batches_of_epoch()
+            synchronize()
+            rates.append(count / (time.perf_counter() - start))
+        return statistics.median(rates)
+
+    def loop(loader, move=None):
+        def run():
+            count = 0
+            for x, y in loader:
+                if move is not None:
+                    x, y = move(x), move(y)
+                step(x, y)
+                count += len(y)
+            return count
+
+        return run
+
+    workers = args.workers
+    tensors = TensorDataset(images, labels)
+    common = dict(batch_size=batch, shuffle=True, drop_last=True)
+    results = {}
+    results["plain"] = measure(loop(DataLoader(tensors, num_workers=workers, **common),
+                                    move=lambda t: t.to(device)))  # fmt: skip
+    results["pinned"] = measure(loop(
+        DataLoader(tensors, num_workers=workers, pin_memory=device.type == "cuda", **common),
+        move=lambda t: t.to(device, non_blocking=True),
+    ))  # fmt: skip
+    smart = SmartDataLoader(tensors, loading_bar=False, **common).to(device)
+    results["smart"] = measure(loop(smart))
+    per_sample = SmartDataLoader(PerSample(images, labels), num_workers=workers,
+                                 loading_bar=False, **common).to(device)  # fmt: skip
+    results["smart-ps"] = measure(loop(per_sample))
+    cached = SmartDataLoader(tensors, cache="device", loading_bar=False, **common).to(device)
+    results["cached"] = measure(loop(cached))
+    on_device = (images.to(device), labels.to(device))
+
+    def on_gpu():
+        order = torch.randperm(size, device=device)
+        count = 0
+        for start in range(0, size - batch + 1, batch):
+            index = order[start : start + batch]
+            step(on_device[0][index], on_device[1][index])
+            count += batch
+        return count
+
+    results["on-gpu"] = measure(on_gpu)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"Throughput on {name}, {size} samples of 3x{image}x{image}, batch {batch}, "
+          f"{workers} workers where used, median of {args.epochs} epochs (samples/s):")  # fmt: skip
+    for key, rate in results.items():
+        print(f"  {key:9s} {rate:10.0f}   {rate / results['plain']:5.2f}x plain   "
+              f"{rate / results['on-gpu']:5.2f}x on-gpu")  # fmt: skip
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=15, help="CPU epochs per loader")
+    parser.add_argument("--cpu-samples", type=int, default=20000)
+    parser.add_argument("--cpu-workers", type=int, default=0)
+    parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--throughput-device", default="cuda")
+    parser.add_argument("--samples", type=int, default=16384)
+    parser.add_argument("--image", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args(argv)
+    print(f"torch {torch.__version__}, python {sys.version.split()[0]}")
+    if not args.skip_cpu:
+        cpu_overhead(args)
+    throughput(args)
+
+
+if __name__ == "__main__":
+    main()

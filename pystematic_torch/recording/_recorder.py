@@ -1,16 +1,12 @@
 """The Recorder: the training thread's side of recording."""
-import atexit
 import logging
-import numbers
 import operator
-import weakref
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
-from .. import _session
 from ..distributed import all_reduce, get_rank, is_distributed
 from ..errors import RecorderError, StateDictError
-from . import _values
+from . import _lifetime, _values
 from ._backend import RecorderBackend
 from ._writer import ARRAY, FIGURE, HISTOGRAM, IMAGE, PARAMS, RESUME, SCALAR, STEP, TEXT, Writer
 
@@ -19,7 +15,6 @@ __all__ = ["Recorder"]
 logger = logging.getLogger("pystematic.torch.recording")
 
 _REDUCE_OPS = ("mean", "sum", "max", "min")
-_open_recorders: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
 
 
 class Recorder:
@@ -84,7 +79,7 @@ class Recorder:
             cls() for on, cls in ((tensorboard, TensorBoardBackend), (file, FileBackend),
                                   (console, ConsoleBackend), (hdf5, HDF5Backend)) if on
         ] + list(backends)
-        self.output_dir = _resolve_output_dir(output_dir, tensorboard or file or hdf5)
+        self.output_dir = _lifetime.resolve_output_dir(output_dir, tensorboard or file or hdf5)
         self._count = 0
         self._closed = False
         self._silent = is_distributed() and get_rank() != 0
@@ -101,8 +96,7 @@ class Recorder:
         self._wants_resume = bool(self._writer and self._writer.wants("resume"))
         self._stores_arrays = bool(self._writer and self._writer.wants("array"))
         self._accepting = not self._silent
-        _open_recorders.add(self)
-        _session.call_at_exit(self.close)
+        _lifetime.register(self)
 
     # -- the counter ---------------------------------------------------------------------
 
@@ -114,12 +108,12 @@ class Recorder:
     @count.setter
     def count(self, value: int) -> None:
         try:
-            value = operator.index(value)
+            count = operator.index(value)
         except TypeError:
-            value = -1
-        if value < 0:
+            count = -1
+        if count < 0:
             raise RecorderError(f"Recorder.count must be an int >= 0, not {value!r}.")
-        self._count = value
+        self._count = count
 
     def step(self) -> None:
         """Advance :attr:`count` by one; the console backend prints the finished step.
@@ -240,7 +234,7 @@ class Recorder:
         """
         if not isinstance(params, Mapping):
             raise RecorderError(f"Recorder.params() got {type(params).__name__}; give a dict.")
-        kept = {str(name): _param_value(value) for name, value in params.items()}
+        kept = {str(name): _values.param_value(value) for name, value in params.items()}
         metric_values = {tag: _values.scalar(tag, v) for tag, v in dict(metrics or {}).items()}
         self._put(PARAMS, None, (kept, list(metric_values)))
         for tag, value in metric_values.items():
@@ -295,7 +289,7 @@ class Recorder:
             return
         self._closed = True
         self._accepting = False
-        _open_recorders.discard(self)
+        _lifetime.unregister(self)
         if self._writer is not None:
             self._writer.stop()
         self._raise_failures()
@@ -342,7 +336,7 @@ class Recorder:
                 "{'count': 12} as returned by Recorder.state_dict()."
             )
         self._count = count
-        if self._accepting and self._wants_resume:
+        if self._wants_resume and not self._closed and not self._silent:
             self._put(RESUME, None, None, count)
 
     # -- internals -----------------------------------------------------------------------
@@ -395,47 +389,5 @@ class Recorder:
         return True
 
     def _raise_failures(self) -> None:
-        failures = self._writer.failures if self._writer is not None else []
-        if failures:
-            found = [failures.pop(0) for _ in range(len(failures))]
-            error = found[0] if len(found) == 1 else RecorderError(
-                " ".join(str(f) for f in found))
-            if error is not found[0]:
-                error.__cause__ = found[0].__cause__
-            raise error
-
-
-def _param_value(value: Any) -> Union[bool, int, float, str]:
-    if isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    return str(value)
-
-
-def _resolve_output_dir(output_dir: Union[str, Path, None], needed: bool) -> Optional[Path]:
-    if output_dir is not None:
-        return Path(output_dir)
-    if _session.current_params() is not None:
-        import pystematic
-
-        return Path(str(pystematic.output_dir))
-    if needed:
-        raise RecorderError(
-            "Recorder() got no output_dir and no pystematic experiment is running; pass "
-            "output_dir='some/dir', create the recorder inside an experiment, or turn the "
-            "file backends off (tensorboard=False, file=False, hdf5=False)."
-        )
-    return None
-
-
-@atexit.register
-def _close_open_recorders() -> None:
-    """Recorders used outside an experiment are closed when the interpreter exits."""
-    for recorder in list(_open_recorders):
-        try:
-            recorder.close()
-        except Exception:
-            logger.exception("Closing a recorder at interpreter exit failed.")
+        if self._writer is not None:
+            self._writer.raise_failures()

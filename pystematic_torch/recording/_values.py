@@ -5,7 +5,7 @@ GPU synchronisation; a mistake still fails at the call that made it, naming the 
 """
 import numbers
 import sys
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -136,6 +136,17 @@ def array(method: str, tag: str, value: Any) -> Any:
     if method == "histogram" and size == 0:
         raise RecorderError(f"Recorder.histogram({tag!r}) got no values; give at least one.")
     return data
+
+
+def param_value(value: Any) -> Union[bool, int, float, str]:
+    """A hyperparameter as TensorBoard stores it: bool, number or string."""
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return str(value)
 
 
 def _dtype_kind(data: Any) -> str:

@@ -114,6 +114,14 @@ class Writer:
             if not self._thread.is_alive():
                 break
 
+    def raise_failures(self) -> None:
+        """Raise what went wrong on the writer thread since the last call, once."""
+        if self.failures:
+            found = [self.failures.pop(0) for _ in range(len(self.failures))]
+            if len(found) == 1:
+                raise found[0]
+            raise RecorderError(" ".join(str(f) for f in found)) from found[0].__cause__
+
     def stop(self) -> None:
         """Write what is queued, close the backends and end the thread."""
         self._stopping = True

@@ -1,0 +1,49 @@
+"""Where a recorder writes, and making sure every recorder is closed in the end."""
+import atexit
+import logging
+import weakref
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .. import _session
+from ..errors import RecorderError
+
+logger = logging.getLogger("pystematic.torch.recording")
+
+_open_recorders: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def resolve_output_dir(output_dir: Union[str, Path, None], needed: bool) -> Optional[Path]:
+    """``output_dir``, else the running experiment's output directory."""
+    if output_dir is not None:
+        return Path(output_dir)
+    if _session.current_params() is not None:
+        import pystematic
+
+        return Path(str(pystematic.output_dir))
+    if needed:
+        raise RecorderError(
+            "Recorder() got no output_dir and no pystematic experiment is running; pass "
+            "output_dir='some/dir', create the recorder inside an experiment, or turn the "
+            "file backends off (tensorboard=False, file=False, hdf5=False)."
+        )
+    return None
+
+
+def register(recorder: Any) -> None:
+    """Close ``recorder`` when the experiment ends (also when it raised), else at exit."""
+    _open_recorders.add(recorder)
+    _session.call_at_exit(recorder.close)
+
+
+def unregister(recorder: Any) -> None:
+    _open_recorders.discard(recorder)
+
+
+@atexit.register
+def _close_open_recorders() -> None:
+    for recorder in list(_open_recorders):
+        try:
+            recorder.close()
+        except Exception:
+            logger.exception("Closing a recorder at interpreter exit failed.")

@@ -368,3 +368,24 @@ def test_cuda_tensor_dataset_and_device_cache_give_the_cpu_batches():
         for got, want in zip(batches, expected):
             assert got[0].is_cuda and torch.equal(got[0].cpu(), want[0])
             assert torch.equal(got[1].cpu(), want[1])
+
+
+def test_a_context_checkpoint_taken_mid_epoch_resumes_at_the_next_batch(tmp_path):
+    from pystematic_torch import Context
+
+    settings = dict(batch_size=2, shuffle=True, random_seed=4)
+    reference = epochs(loader_for(Counting(9), **settings), 2)
+    ctx = Context()
+    ctx.loader = loader_for(Counting(9), **settings)
+    assert ctx.cpu() is ctx and ctx.loader.device == torch.device("cpu")
+    seen = []
+    for batch in ctx.loader:
+        seen.append(ids(batch))
+        if len(seen) == 3:
+            torch.save(ctx.state_dict(), tmp_path / "checkpoint.pt")
+            break
+    resumed = Context()
+    resumed.loader = loader_for(Counting(9), **settings)
+    resumed.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True))
+    assert seen + epochs(resumed.loader, 1)[0] == reference[0]
+    assert epochs(resumed.loader, 1) == [reference[1]]

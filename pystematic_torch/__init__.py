@@ -42,6 +42,9 @@ _EXPORTS: Dict[str, str] = {
     "FileBackend": "recording",
     "ConsoleBackend": "recording",
     "HDF5Backend": "recording",
+    "SmartDataLoader": "data",
+    "HDF5Dataset": "hdf5",
+    "HDF5Writer": "hdf5",
 }
 
 __all__: List[str] = ["__version__", *_EXPORTS]

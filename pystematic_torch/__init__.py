@@ -14,6 +14,7 @@ from ._version import __version__
 # public name -> the module that defines it
 _EXPORTS: Dict[str, str] = {
     "Context": "context",
+    "stop_requested": "preemption",
     "move_to_device": "devices",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",

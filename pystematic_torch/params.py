@@ -26,6 +26,22 @@ class _IntInRange:
         return number
 
 
+class _FloatAbove:
+    """A parameter type that converts to float and refuses values <= low."""
+
+    def __init__(self, name: str, low: float):
+        self.name, self.low = name, low
+
+    def __call__(self, value) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ParameterError(f"{self.name} must be a number, got {value!r}.") from None
+        if not number > self.low:
+            raise ParameterError(f"{self.name} must be > {self.low}, got {number}.")
+        return number
+
+
 def _parameter(name: str, type: Callable = str, **kwargs) -> pystematic.core.Parameter:
     param = pystematic.core.Parameter(name=name, type=type, **kwargs)
     # Users type both spellings (torchrun documents --nproc-per-node, older launchers
@@ -94,9 +110,18 @@ def default_parameters() -> List[pystematic.core.Parameter]:
         _parameter(
             "master_port",
             type=_IntInRange("master_port", 0, 65535, "in 1..65535, or 0 to pick a free port"),
-            default=29500,
+            default=None,
+            default_help="29500; a free port when --nnodes is 1",
             envvar="MASTER_PORT",
-            help="Free TCP port on the master machine for the rendezvous; 0 picks a free one.",
+            help="TCP port on the master machine for the rendezvous; 0 picks a free one.",
+        ),
+        _parameter(
+            "distributed_timeout",
+            type=_FloatAbove("distributed_timeout", 0.0),
+            default=60.0,
+            help="Seconds within which every rank ends after one fails, and the longest a rank "
+            "waits for the others in a collective; raise it if ranks legitimately wait longer "
+            "(e.g. rank 0 evaluating alone).",
         ),
     ]
 
@@ -113,7 +138,7 @@ def validate_parameters(params: dict) -> None:
             f"node_rank must be in 0..{params['nnodes'] - 1} for nnodes={params['nnodes']}, "
             f"got {params['node_rank']}"
         )
-    if params["nnodes"] > 1 and params["master_port"] == 0:
+    if params["nnodes"] > 1 and params.get("master_port") == 0:
         problems.append(
             "master_port must be an explicit port in 1..65535 when nnodes > 1, since every "
             "machine has to know it in advance"

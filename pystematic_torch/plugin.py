@@ -29,6 +29,9 @@ class TorchPlugin:
         app.on_after_experiment(
             _detach_closed_log_handlers, priority=_AFTER_STANDARD_TEARDOWN_PRIORITY
         )
+        app.on_after_experiment(
+            _fail_distributed_job, priority=_AFTER_STANDARD_TEARDOWN_PRIORITY + 1
+        )
 
         # The package resolves its public names lazily, so this does not import torch.
         import pystematic_torch
@@ -47,10 +50,31 @@ class TorchPlugin:
     @staticmethod
     def _setup(experiment, params) -> None:
         _session.start(params)
+        if params["distributed"]:
+            from . import _job
+
+            _job.start(params)
 
     @staticmethod
     def _teardown(error) -> None:
         _session.end()
+        if _job_module_loaded():
+            from . import _job
+
+            _job.finish(error)
+
+
+def _job_module_loaded() -> bool:
+    import sys
+
+    return "pystematic_torch._job" in sys.modules
+
+
+def _fail_distributed_job(error) -> None:
+    if error is not None and _job_module_loaded():
+        from . import _job
+
+        _job.fail(error)
 
 
 def _detach_closed_log_handlers(error) -> None:

@@ -53,7 +53,7 @@ def test_defaults_help_and_parameters_file(script):
     assert result.returncode == 0, result.stderr
     assert values == {
         "checkpoint": None, "cuda": True, "distributed": False, "nproc_per_node": 1,
-        "nnodes": 1, "node_rank": 0, "master_addr": "127.0.0.1", "master_port": 29500,
+        "nnodes": 1, "node_rank": 0, "master_addr": "127.0.0.1", "master_port": None,
     }  # fmt: skip
     (run_dir,) = (script.parent / "output" / "show-params").iterdir()
     written = yaml.safe_load((run_dir / "parameters.yaml").read_text())
@@ -75,14 +75,15 @@ def test_defaults_help_and_parameters_file(script):
 @pytest.mark.timeout(120)
 def test_both_spellings_flags_and_environment(script, tmp_path):
     result, values = run_cli(
+        # Not --distributed: that would start the job. Parsing is what is checked here.
         script, "--nproc_per_node", "4", "--node-rank", "1", "--nnodes", "2", "--no-cuda",
-        "--distributed", "--master_addr", "10.0.0.1", "--master-port", "1234",
+        "--no-distributed", "--master_addr", "127.0.0.9", "--master-port", "1234",
         "--checkpoint", str(tmp_path / "run"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert values == {
-        "checkpoint": str(tmp_path / "run"), "cuda": False, "distributed": True,
-        "nproc_per_node": 4, "nnodes": 2, "node_rank": 1, "master_addr": "10.0.0.1",
+        "checkpoint": str(tmp_path / "run"), "cuda": False, "distributed": False,
+        "nproc_per_node": 4, "nnodes": 2, "node_rank": 1, "master_addr": "127.0.0.9",
         "master_port": 1234,
     }  # fmt: skip
     env = {"NPROC_PER_NODE": "3", "NNODES": "4", "NODE_RANK": "2", "MASTER_ADDR": "node7",

@@ -1,0 +1,43 @@
+"""A small distributed job for the launch tests; prints what the tests check.
+
+--mode train: a few steps, then a parameter checksum. --mode hang: train forever (with a
+DataLoader worker), for the kill and interrupt tests. --fail_rank K raises on rank K.
+"""
+import os
+import time
+
+import pystematic
+import torch
+
+
+@pystematic.parameter(name="mode", type=str, default="train")
+@pystematic.parameter(name="fail_rank", type=int, default=-1)
+@pystematic.parameter(name="steps", type=int, default=5)
+@pystematic.experiment
+def ddp_job(params):
+    torch.manual_seed(0)
+    ctx = pystematic.torch.Context()
+    ctx.model = torch.nn.Linear(4, 2)
+    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
+    ctx.autotransform()
+    rank, world = pystematic.torch.get_rank(), pystematic.torch.get_num_processes()
+    batches = iter(torch.utils.data.DataLoader(range(10**6), batch_size=8, num_workers=1))
+    print(f"READY rank={rank} world={world} pid={os.getpid()}", flush=True)
+    step = 0
+    while params["mode"] == "hang" or step < params["steps"]:
+        generator = torch.Generator().manual_seed(1000 * rank + step)
+        loss = ctx.model(torch.randn(8, 4, generator=generator)).pow(2).mean()
+        ctx.optimizer.zero_grad()
+        loss.backward()
+        ctx.optimizer.step()
+        if step == 2 and rank == params["fail_rank"]:
+            raise ValueError(f"deliberate failure on rank {rank}")
+        next(batches)
+        time.sleep(0.02)
+        step += 1
+    checksum = sum(p.detach().double().sum().item() for p in ctx.model.parameters())
+    print(f"DONE rank={rank} world={world} checksum={checksum:.10f}", flush=True)
+
+
+if __name__ == "__main__":
+    ddp_job.cli()

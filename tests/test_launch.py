@@ -113,7 +113,8 @@ def test_a_rank_that_raises_ends_the_whole_job_with_one_traceback(tmp_path, fail
     assert code != 0
     assert seconds < 60, seconds
     assert job.output.count("Traceback") == 1, job.output
-    assert f"[rank {failing_rank}] ValueError: deliberate failure on rank {failing_rank}" in job.output
+    expected = f"[rank {failing_rank}] ValueError: deliberate failure on rank {failing_rank}"
+    assert expected in job.output
     assert_all_gone(processes)
 
 

@@ -4,14 +4,14 @@ import torch
 
 from pystematic_torch import DistributedError, launch
 
-PARAMS = {"nproc_per_node": 4, "nnodes": 2, "node_rank": 1, "master_addr": "10.1.1.1",
+PARAMS = {"nproc_per_node": 4, "nnodes": 2, "node_rank": 1, "master_addr": "node0.example",
           "master_port": None, "local_rank": 0}  # fmt: skip
 
 
 def test_our_own_launch_numbers_ranks_by_node():
     info = launch.resolve_ranks(PARAMS, {}, is_subprocess=False)
     assert (info.rank, info.local_rank, info.world_size) == (4, 0, 8)
-    assert (info.master_addr, info.master_port, info.source) == ("10.1.1.1", 29500, "local")
+    assert (info.master_addr, info.master_port, info.source) == ("node0.example", 29500, "local")
     child = launch.resolve_ranks({**PARAMS, "local_rank": 3}, {}, is_subprocess=True)
     assert (child.rank, child.local_rank) == (7, 3)
     single = launch.resolve_ranks({**PARAMS, "nnodes": 1, "node_rank": 0}, {}, False)

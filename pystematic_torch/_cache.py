@@ -5,8 +5,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from ._prefetch import iter_tensors
-from .devices import move_to_device
+from .devices import iter_tensors, move_to_device
 from .errors import DataError
 
 logger = logging.getLogger("pystematic.torch.data")

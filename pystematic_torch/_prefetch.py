@@ -12,33 +12,9 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, List, Opti
 
 import torch
 
-from .devices import move_to_device
+from .devices import iter_tensors, map_tensors, move_to_device
 
 _ITEM, _END, _ERROR = "item", "end", "error"
-
-
-def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
-    """Apply ``fn`` to every tensor in a nested dict/list/tuple/namedtuple structure."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return type(obj)((key, map_tensors(fn, value)) for key, value in obj.items())
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(map_tensors(fn, value) for value in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(map_tensors(fn, value) for value in obj)
-    return obj
-
-
-def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from iter_tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from iter_tensors(value)
 
 
 def gather_rows(

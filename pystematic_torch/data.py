@@ -22,7 +22,7 @@ from ._cache import build_cache
 from ._epoch import EpochIterator
 from ._samplers import ResumableIndices, ShardedSampler, mix_seed
 from ._session import current_params
-from .devices import DeviceLike, resolve_device
+from .devices import DeviceLike, map_tensors, resolve_device
 from .distributed import broadcast_from_master, get_num_processes, get_rank, is_distributed
 from .errors import DataError, DeviceError, DistributedError, StateDictError
 
@@ -342,7 +342,7 @@ class SmartDataLoader(DataLoader):
             return iter(())
         flat = torch.cat(batches).to(device)
         pieces = flat.split([len(batch) for batch in batches])
-        return (_prefetch.map_tensors(lambda t, i=i: t.index_select(0, i), cached) for i in pieces)
+        return (map_tensors(lambda t, i=i: t.index_select(0, i), cached) for i in pieces)
 
     def _make_bar(self, start: int):
         if not self.loading_bar or get_rank() != 0:

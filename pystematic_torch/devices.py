@@ -1,12 +1,12 @@
 """Moving nested structures of tensors between devices."""
 import dataclasses
-from typing import Any, Union
+from typing import Any, Callable, Iterator, Union
 
 import torch
 
 from .errors import DeviceError
 
-__all__ = ["move_to_device", "resolve_device"]
+__all__ = ["move_to_device", "resolve_device", "map_tensors", "iter_tensors"]
 
 DeviceLike = Union[str, int, torch.device]
 
@@ -53,19 +53,44 @@ def move_to_device(device: DeviceLike, *objs: Any, non_blocking: bool = False) -
 
 
 def _move(obj: Any, device: torch.device, non_blocking: bool) -> Any:
+    return map_tensors(lambda tensor: tensor.to(device, non_blocking=non_blocking), obj)
+
+
+def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    """Rebuild a nested batch with ``fn`` applied to every tensor in it.
+
+    Dicts, lists, tuples, namedtuples and dataclass instances are rebuilt around the
+    results; other leaves are returned as they are.
+    """
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=non_blocking)
+        return fn(obj)
     if isinstance(obj, dict):
-        return type(obj)((key, _move(value, device, non_blocking)) for key, value in obj.items())
+        return type(obj)((key, map_tensors(fn, value)) for key, value in obj.items())
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_move(value, device, non_blocking) for value in obj))
+        return type(obj)(*(map_tensors(fn, value) for value in obj))
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_move(value, device, non_blocking) for value in obj)
+        return type(obj)(map_tensors(fn, value) for value in obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         changes = {
-            field.name: _move(getattr(obj, field.name), device, non_blocking)
+            field.name: map_tensors(fn, getattr(obj, field.name))
             for field in dataclasses.fields(obj)
             if field.init
         }
         return dataclasses.replace(obj, **changes)
     return obj
+
+
+def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a nested batch, in the order ``map_tensors`` visits them."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from iter_tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from iter_tensors(value)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for field in dataclasses.fields(obj):
+            if field.init:
+                yield from iter_tensors(getattr(obj, field.name))

@@ -42,7 +42,8 @@ def run_on_ranks(
         context.Process(
             target=_rank_main,
             args=(rank, world_size, port, timeout, body, tuple(args), results),
-            daemon=True,
+            # Not daemonic, so a rank may start DataLoader workers; leftovers are killed below.
+            daemon=False,
         )
         for rank in range(world_size)
     ]

@@ -1,6 +1,5 @@
 """SmartDataLoader on two real gloo ranks: sharding, exact evaluation, seeds, resuming, bar."""
 import io
-import multiprocessing
 import sys
 
 import pytest
@@ -80,15 +79,7 @@ def test_ranks_get_disjoint_shards_that_cover_the_dataset():
     assert rank0["given"] == rank1["given"] == [[0, 1, 2], [3, 4, 5]]
 
 
-def _allow_worker_processes():
-    # run_on_ranks starts ranks as daemonic processes, which multiprocessing forbids to have
-    # children; DataLoader workers watch their parent and exit with it, so lifting the flag
-    # in this rank is safe.
-    multiprocessing.current_process()._config["daemon"] = False
-
-
 def _resume(rank, workers):
-    _allow_worker_processes()
     # Ranks started by spawn default to spawned workers, each importing torch anew (seconds);
     # ranks started by torchrun or our launcher fork them.
     settings = dict(batch_size=3, shuffle=True, random_seed=5, num_workers=workers,

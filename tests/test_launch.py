@@ -94,7 +94,7 @@ def test_local_launch_trains_on_two_ranks_and_ends_cleanly(tmp_path):
     job = Job(job_args("--distributed", "--nproc_per_node", "2", output=tmp_path), tmp_path)
     code, _ = job.finish()
     assert code == 0, job.output
-    done = dict(re.findall(r"DONE rank=(\d) world=2 checksum=(\S+)", job.output))
+    done = dict(re.findall(r"DONE rank=(\d) world=2 checksum=(-?\d+\.\d{10})", job.output))
     assert set(done) == {"0", "1"} and done["0"] == done["1"], job.output  # trained together
     assert "destroy_process_group" not in job.output and "Warning" not in job.output
     (run_dir,) = (tmp_path / "ddp-job").iterdir()
@@ -183,7 +183,7 @@ def test_two_nodes_on_one_machine_form_one_world(tmp_path):
     for node, job in enumerate(nodes):
         code, _ = job.finish()
         assert code == 0, job.output
-        (rank, checksum), = re.findall(r"DONE rank=(\d) world=2 checksum=(\S+)", job.output)
+        (rank, checksum), = re.findall(r"DONE rank=(\d) world=2 checksum=(-?\d+\.\d{10})", job.output)
         assert int(rank) == node
         checksums[node] = checksum
     assert checksums[0] == checksums[1]

@@ -15,6 +15,8 @@ from multiprocess import free_port
 
 JOB = pathlib.Path(__file__).parent / "jobs" / "ddp_job.py"
 EXAMPLES = pathlib.Path(__file__).parents[1] / "examples"
+# Exact digits: two ranks' lines can run together on one line of shared output.
+DONE = r"DONE rank=(\d) world=2 checksum=(-?\d+\.\d{10})"
 
 
 class Job:
@@ -94,7 +96,7 @@ def test_local_launch_trains_on_two_ranks_and_ends_cleanly(tmp_path):
     job = Job(job_args("--distributed", "--nproc_per_node", "2", output=tmp_path), tmp_path)
     code, _ = job.finish()
     assert code == 0, job.output
-    done = dict(re.findall(r"DONE rank=(\d) world=2 checksum=(-?\d+\.\d{10})", job.output))
+    done = dict(re.findall(DONE, job.output))
     assert set(done) == {"0", "1"} and done["0"] == done["1"], job.output  # trained together
     assert "destroy_process_group" not in job.output and "Warning" not in job.output
     (run_dir,) = (tmp_path / "ddp-job").iterdir()
@@ -183,7 +185,7 @@ def test_two_nodes_on_one_machine_form_one_world(tmp_path):
     for node, job in enumerate(nodes):
         code, _ = job.finish()
         assert code == 0, job.output
-        (rank, checksum), = re.findall(r"DONE rank=(\d) world=2 checksum=(-?\d+\.\d{10})", job.output)
+        ((rank, checksum),) = re.findall(DONE, job.output)
         assert int(rank) == node
         checksums[node] = checksum
     assert checksums[0] == checksums[1]

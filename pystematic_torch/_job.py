@@ -69,7 +69,7 @@ def start(params: dict) -> None:
         cleanup=_session.end,
     )
     _supervisor.start()
-    preemption.install()
+    preemption._install()
 
 
 def finish(error: Optional[BaseException]) -> None:
@@ -90,7 +90,7 @@ def finish(error: Optional[BaseException]) -> None:
         child.join()
     _children.clear()
     _supervisor = None
-    preemption.uninstall()
+    preemption._uninstall()
     launch.leave_process_group()
 
 

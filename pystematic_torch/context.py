@@ -5,7 +5,8 @@ Context's attributes; it then moves them to a device together, wraps them for di
 training, and saves or restores all of them at once.
 """
 import logging
-from typing import Any, Callable, Dict, Iterator, List, Optional
+import os
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import torch
 from torch import nn
@@ -33,8 +34,10 @@ class Context:
     with ``_`` are private: the context stores them as ordinary attributes and never moves
     or saves them. Items keep the order in which they were first assigned.
 
-    Items assigned after a move are not moved retroactively; register everything, then call
-    :meth:`autotransform` (or :meth:`to`).
+    The names of the context's own methods and properties (``to``, ``device``, ...) cannot
+    hold items: assigning one raises ``AttributeError``. Items assigned after a move are not
+    moved retroactively; register everything, then call :meth:`autotransform` (or
+    :meth:`to`).
 
     Example:
         >>> ctx = Context()
@@ -264,7 +267,7 @@ class Context:
 
     def autotransform(
         self,
-        checkpoint: Optional[Any] = None,
+        checkpoint: Optional[Union[str, "os.PathLike[str]"]] = None,
         cuda: Optional[bool] = None,
         distributed: Optional[bool] = None,
     ) -> "Context":
@@ -280,6 +283,11 @@ class Context:
         2. with ``cuda`` the context moves to this process's GPU; without CUDA on the
            machine it stays on the CPU and logs one warning;
         3. with ``distributed`` the context is prepared with :meth:`ddp`.
+
+        Args:
+            checkpoint: A checkpoint file or run directory to resume from.
+            cuda: Move to this process's GPU when CUDA is available.
+            distributed: Wrap for distributed data-parallel training.
 
         Returns:
             The context.

@@ -44,6 +44,9 @@ def move_to_device(device: DeviceLike, *objs: Any, non_blocking: bool = False) -
     Returns:
         The moved object when one is given, else a tuple of the moved objects.
 
+    Raises:
+        DeviceError: ``device`` names no device torch knows.
+
     Example:
         >>> x, y = move_to_device("cpu", (torch.zeros(2), {"label": torch.ones(1)}))
     """

@@ -113,6 +113,7 @@ def all_reduce(
 
     Raises:
         ValueError: ``op`` is not one of the four names, or ``weight`` is given with another op.
+        TypeError: ``value`` is neither a number nor a tensor.
         DistributedError: every rank's weight is zero, so the weighted mean is undefined.
     """
     if op not in _REDUCE_OPS:

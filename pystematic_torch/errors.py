@@ -1,7 +1,10 @@
 """The exceptions pystematic-torch raises.
 
-Every error the library raises on purpose derives from :class:`Error`, so a user can tell
-ours apart from torch's with one ``except pystematic_torch.Error``.
+Errors about settings, devices, process groups, state, checkpoints, data and recording derive
+from :class:`Error`, so a user can tell ours apart from torch's with one
+``except pystematic_torch.Error``. Calling a function with an argument of the wrong kind
+raises the usual ``TypeError`` or ``ValueError`` (``ParameterError`` is both an ``Error`` and a
+``ValueError``).
 """
 
 __all__ = [

@@ -39,14 +39,14 @@ def stop_requested() -> bool:
     return local
 
 
-def install() -> None:
+def _install() -> None:
     global _previous_handler
     _requested.clear()
     if threading.current_thread() is threading.main_thread():
         _previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def uninstall() -> None:
+def _uninstall() -> None:
     global _previous_handler
     if _previous_handler is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _previous_handler)

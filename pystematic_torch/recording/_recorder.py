@@ -165,6 +165,9 @@ class Recorder:
         Args:
             values: A mapping from tag to value.
             reduce: As in :meth:`scalar`; one collective per value, in the mapping's order.
+
+        Raises:
+            RecorderError: As :meth:`scalar`, for the first value that cannot be recorded.
         """
         for tag, value in values.items():
             self.scalar(tag, value, reduce)
@@ -182,6 +185,7 @@ class Recorder:
 
         Raises:
             RecorderError: The shape or dtype is not an image, naming the tag.
+            RecorderError: The recorder is closed, or a backend failed since the last call.
         """
         self._put(IMAGE, tag, _values.image(tag, img, layout))
 
@@ -192,8 +196,13 @@ class Recorder:
         recording a new figure every epoch does not accumulate memory. Do not change the
         figure after handing it over.
 
+        Args:
+            tag: Its name.
+            figure: A ``matplotlib.figure.Figure``.
+
         Raises:
             RecorderError: ``figure`` is not a matplotlib figure.
+            RecorderError: The recorder is closed, or a backend failed since the last call.
         """
         self._put(FIGURE, tag, _values.figure(tag, figure))
 
@@ -204,13 +213,26 @@ class Recorder:
             tag: Its name.
             values: A tensor, NumPy array or sequence of numbers; copied at the call.
             bins: The number of equal-width buckets between the smallest and largest value.
+
+        Raises:
+            RecorderError: ``bins`` is not a positive int, or ``values`` are not numbers.
+            RecorderError: The recorder is closed, or a backend failed since the last call.
         """
         if not isinstance(bins, int) or bins < 1:
             raise RecorderError(f"Recorder.histogram({tag!r}) got bins={bins!r}; give an int >= 1.")
         self._put(HISTOGRAM, tag, (_values.array("histogram", tag, values), bins))
 
     def text(self, tag: str, text: str) -> None:
-        """Record a string (shown by TensorBoard's Text tab as Markdown)."""
+        """Record a string (shown by TensorBoard's Text tab as Markdown).
+
+        Args:
+            tag: Its name.
+            text: The string.
+
+        Raises:
+            RecorderError: ``text`` is not a str.
+            RecorderError: The recorder is closed, or a backend failed since the last call.
+        """
         _values.check_tag("text", tag)
         if not isinstance(text, str):
             raise RecorderError(
@@ -229,6 +251,10 @@ class Recorder:
             metrics: Tags and values of the run's results; they are also recorded as
                 scalars at the current count, so the HParams tab can show them.
 
+        Raises:
+            RecorderError: ``params`` is not a mapping, or a metric is not a number.
+            RecorderError: The recorder is closed, or a backend failed since the last call.
+
         Example:
             >>> recorder.params(pystematic.params, metrics={"val/accuracy": 0.93})
         """
@@ -246,8 +272,13 @@ class Recorder:
         Every array of a tag must have the same shape; they are stacked along a new first
         axis. With no such backend enabled the call logs a warning once per tag.
 
+        Args:
+            tag: Its name.
+            array: A NumPy array, tensor or nested sequence of numbers; copied at the call.
+
         Raises:
             RecorderError: The shape differs from the tag's earlier arrays.
+            RecorderError: The recorder is closed, or a backend failed since the last call.
         """
         data = _values.array("array", tag, array)
         shape = tuple(data.shape)

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import socket
-from typing import List, Mapping, Optional
+from typing import List, Mapping
 
 import torch
 import torch.distributed as dist
@@ -193,7 +193,3 @@ def leave_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
-
-def existing_launcher(environ: Optional[Mapping[str, str]] = None) -> bool:
-    environ = os.environ if environ is None else environ
-    return {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= environ.keys()

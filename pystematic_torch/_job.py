@@ -3,6 +3,7 @@
 Called from the plugin's experiment hooks; see ``launch`` for who we are and
 ``_supervise`` for how failures end the job.
 """
+import dataclasses
 import logging
 import os
 from typing import Optional
@@ -40,7 +41,7 @@ def start(params: dict) -> None:
                 port = launch.pick_free_port(info.master_addr)
             else:
                 launch.check_port_is_free(info.master_addr, port)
-        info = launch.RankInfo(info.rank, 0, info.world_size, info.master_addr, port, "local")
+        info = dataclasses.replace(info, master_port=port)
         # The children read the chosen port from their parameters.
         params["master_port"] = port
         for local_rank in range(1, params["nproc_per_node"]):

@@ -32,6 +32,11 @@ def is_stateful(value: Any) -> bool:
     )
 
 
+def has_state(value: Any) -> bool:
+    """Whether ``capture(value)`` gives a state rather than OPAQUE, without computing it."""
+    return is_stateful(value) or isinstance(value, (torch.Tensor, dict, list, tuple, *_PLAIN))
+
+
 def capture(value: Any) -> Any:
     """The state of one item, or OPAQUE when it has none."""
     if is_stateful(value):
@@ -70,7 +75,7 @@ def check(path: str, current: Any, saved: Any, strict: bool, problems: List[str]
         if not isinstance(saved, Mapping):
             problems.append(f"{path}: checkpoint has {_kind(saved)}, context has a dict")
             return
-        own = {key for key, item in current.items() if capture(item) is not OPAQUE}
+        own = {key for key, item in current.items() if has_state(item)}
         _check_keys(path, own, set(saved), strict, problems)
         for key in own & set(saved):
             check(f"{path}.{key}", current[key], saved[key], strict, problems)
@@ -114,7 +119,7 @@ def restore(path: str, current: Any, saved: Any, strict: bool) -> Any:
             for index, (item, item_state) in enumerate(zip(current, saved))
         ]
         return type(current)(*items) if hasattr(current, "_fields") else type(current)(items)
-    if capture(current) is OPAQUE:
+    if not has_state(current):
         return current
     return saved
 

@@ -236,7 +236,7 @@ class Context:
                 f"Context.load_state_dict needs a dict from Context.state_dict(), "
                 f"got {type(state).__name__}."
             )
-        stateful = [name for name, value in self._items.items() if _has_state(value)]
+        stateful = [name for name, value in self._items.items() if _state.has_state(value)]
         problems: List[str] = []
         if strict:
             missing = [name for name in stateful if name not in state]
@@ -324,10 +324,6 @@ def _require_cuda(what: str) -> None:
             f"{what} needs CUDA, but torch.cuda.is_available() is False on this machine; "
             f"{_NO_CUDA_HINT}."
         )
-
-
-def _has_state(value: Any) -> bool:
-    return _state.capture(value) is not _state.OPAQUE
 
 
 def _leaves(value: Any) -> Iterator[Any]:

@@ -172,3 +172,14 @@ def test_importing_the_module_loads_neither_h5py_nor_tensorboard():
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert output.returncode == 0, output.stderr
     assert output.stdout.strip() == "[]"
+
+
+def test_writer_round_trips_string_columns_through_the_dataset(tmp_path):
+    path = tmp_path / "names.h5"
+    with HDF5Writer(path) as writer:
+        writer.append(name=["cat", "dog"], score=[0.5, 0.25])
+        writer.append(name=np.array(["emu"]), score=[1.0])
+    dataset = HDF5Dataset(path, keys=["name", "score"])
+    rows = [dataset[i] for i in range(3)]
+    assert [name for name, _ in rows] == ["cat", "dog", "emu"]
+    assert [float(score) for _, score in rows] == [0.5, 0.25, 1.0]

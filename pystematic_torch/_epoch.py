@@ -29,7 +29,6 @@ class EpochIterator:
                 "delivered before the checkpoint.", start,
             )  # fmt: skip
             host = itertools.islice(host, start, None)
-        self._host = host
         device = loader._device if loader.move_output else None
         if device is None or loader.cache is not None:
             self._next = host.__next__
@@ -74,7 +73,7 @@ class EpochIterator:
             self._feeder.close()
         if self._bar is not None:
             self._bar.close()
-        self._host = self._next = None
+        self._next = None
 
     def __del__(self) -> None:
         try:

@@ -74,9 +74,7 @@ class ShardedSampler(Sampler[int]):
 
     def _layout(self, size: int):
         rank, world = get_rank(), get_num_processes()
-        if world == 1:
-            return rank, world, size
-        if not self.even_shards:
+        if world == 1 or not self.even_shards:
             return rank, world, size
         if self.drop_last:
             return rank, world, size - size % world

@@ -23,7 +23,13 @@ from ._epoch import EpochIterator
 from ._samplers import ResumableIndices, ShardedSampler, mix_seed
 from ._session import current_params
 from .devices import DeviceLike, map_tensors, resolve_device
-from .distributed import broadcast_from_master, get_num_processes, get_rank, is_distributed
+from .distributed import (
+    broadcast_from_master,
+    get_num_processes,
+    get_rank,
+    is_distributed,
+    is_master,
+)
 from .errors import DataError, DeviceError, DistributedError, StateDictError
 
 __all__ = ["SmartDataLoader"]
@@ -215,7 +221,7 @@ class SmartDataLoader(DataLoader):
         self._agree_seed()
 
     def _agree_seed(self) -> None:
-        if self.shuffle and not self._seed_agreed and is_distributed():
+        if self.shuffle and not self._seed_agreed:
             self._seed = int(broadcast_from_master(self._seed))
             self._own_sampler.seed = self._seed
         self._seed_agreed = True
@@ -345,7 +351,7 @@ class SmartDataLoader(DataLoader):
         return (map_tensors(lambda t, i=i: t.index_select(0, i), cached) for i in pieces)
 
     def _make_bar(self, start: int):
-        if not self.loading_bar or get_rank() != 0:
+        if not self.loading_bar or not is_master():
             return None
         from tqdm import tqdm
 

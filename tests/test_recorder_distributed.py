@@ -22,7 +22,7 @@ def record_on_two_ranks(rank, root):
         state = recorder.state_dict()
 
     # Created before the group was known (as before Context.ddp()), then told about it.
-    with mock.patch.object(_recorder, "is_distributed", return_value=False):
+    with mock.patch.object(_recorder, "is_master", return_value=True):
         late = Recorder(f"{root}/rank{rank}-b")
     late.setup_distributed()
     late.scalar("loss", float(rank + 1), reduce="mean")

@@ -47,7 +47,7 @@ class FileBackend(RecorderBackend):
         (folder / f"{step:08d}.png").write_bytes(image.png)
 
     def resume(self, step: int) -> None:
-        for name in list(self._files) + [n for n in _HEADERS if n not in self._files]:
+        for name in _HEADERS:
             if (self._dir / name).exists():
                 self._drop_rows_from(name, step)
 

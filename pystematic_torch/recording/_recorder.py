@@ -4,7 +4,7 @@ import operator
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
-from ..distributed import all_reduce, get_rank, is_distributed
+from ..distributed import _REDUCE_OPS, all_reduce, is_master
 from ..errors import RecorderError, StateDictError
 from . import _lifetime, _values
 from ._backend import RecorderBackend
@@ -13,9 +13,6 @@ from ._writer import ARRAY, FIGURE, HISTOGRAM, IMAGE, PARAMS, RESUME, SCALAR, ST
 __all__ = ["Recorder"]
 
 logger = logging.getLogger("pystematic.torch.recording")
-
-_REDUCE_OPS = ("mean", "sum", "max", "min")
-
 
 class Recorder:
     """Records scalars, images, figures, histograms, text and hyperparameters of a run.
@@ -82,7 +79,7 @@ class Recorder:
         self.output_dir = _lifetime.resolve_output_dir(output_dir, tensorboard or file or hdf5)
         self._count = 0
         self._closed = False
-        self._silent = is_distributed() and get_rank() != 0
+        self._silent = not is_master()
         self._max_pending = max_pending
         self._wake_at = min(1024, max_pending // 2)
         self._array_shapes: Dict[str, tuple] = {}
@@ -331,7 +328,7 @@ class Recorder:
         Values queued on such a rank are discarded. Calls keep working there (a
         ``reduce=`` call still takes part in its collective) but record nothing.
         """
-        if self._silent or not is_distributed() or get_rank() == 0:
+        if self._silent or is_master():
             return
         self._silent = True
         self._accepting = False

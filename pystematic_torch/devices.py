@@ -6,7 +6,7 @@ import torch
 
 from .errors import DeviceError
 
-__all__ = ["move_to_device", "resolve_device", "map_tensors", "iter_tensors"]
+__all__ = ["move_to_device", "resolve_device", "map_tensors", "iter_tensors", "to_numpy"]
 
 DeviceLike = Union[str, int, torch.device]
 
@@ -97,3 +97,18 @@ def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
         for field in dataclasses.fields(obj):
             if field.init:
                 yield from iter_tensors(getattr(obj, field.name))
+
+
+def to_numpy(value: Any) -> "numpy.ndarray":  # noqa: F821 - numpy is imported when used
+    """A tensor (from any device) or array-like as a NumPy array; bfloat16 becomes float32.
+
+    NumPy has no bfloat16, so such tensors are widened rather than refused.
+    """
+    import numpy
+
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        return tensor.cpu().numpy()
+    return numpy.asarray(value)

@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..hdf5 import _dataset_names
 from ._backend import RecorderBackend
 
 __all__ = ["HDF5Backend"]
@@ -104,11 +105,3 @@ def _chunk_rows(block: np.ndarray) -> int:
     row_bytes = max(1, block[0].nbytes)
     return max(1, min(_BLOCK, (256 * 1024) // row_bytes))
 
-
-def _dataset_names(group: Any) -> List[str]:
-    import h5py
-
-    names: List[str] = []
-    group.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset)
-                     else None)
-    return names

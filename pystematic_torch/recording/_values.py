@@ -10,6 +10,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..devices import to_numpy
 from ..errors import RecorderError
 from ._backend import RecordedImage
 
@@ -189,17 +190,9 @@ def scalar_number(value: torch.Tensor) -> float:
     return value.item()
 
 
-def _numpy(data: Any) -> np.ndarray:
-    if isinstance(data, torch.Tensor):
-        if data.dtype == torch.bfloat16:
-            data = data.float()
-        return data.cpu().numpy()
-    return data
-
-
 def image_pixels(source: Tuple[Any, str]) -> RecordedImage:
     data, layout = source
-    pixels = _numpy(data)
+    pixels = to_numpy(data)
     if layout == "HW":
         pixels = pixels[:, :, None]
     elif layout == "CHW":
@@ -219,9 +212,9 @@ def render_figure(fig: Any) -> RecordedImage:
 
 def histogram_values(source: Tuple[Any, int]) -> Tuple[np.ndarray, int]:
     data, bins = source
-    values = np.asarray(_numpy(data), dtype=np.float64).ravel()
+    values = np.asarray(to_numpy(data), dtype=np.float64).ravel()
     return values[np.isfinite(values)], bins
 
 
 def array_values(data: Any) -> np.ndarray:
-    return _numpy(data)
+    return to_numpy(data)

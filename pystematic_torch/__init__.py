@@ -14,7 +14,7 @@ from ._version import __version__
 # public name -> the module that defines it
 _EXPORTS: Dict[str, str] = {
     "Context": "context",
-    "stop_requested": "preemption",
+    "stop_requested": "distributed._preemption",
     "move_to_device": "devices",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
@@ -44,8 +44,8 @@ _EXPORTS: Dict[str, str] = {
     "ConsoleBackend": "recording",
     "HDF5Backend": "recording",
     "SmartDataLoader": "data",
-    "HDF5Dataset": "hdf5",
-    "HDF5Writer": "hdf5",
+    "HDF5Dataset": "data",
+    "HDF5Writer": "data",
 }
 
 __all__: List[str] = ["__version__", *_EXPORTS]

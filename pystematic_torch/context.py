@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from . import _session, _state
-from ._ddp import TransparentDDP
 from .checkpoint import load_checkpoint
 from .devices import DeviceLike, resolve_device
 from .distributed import get_local_rank, is_distributed
+from .distributed._ddp import TransparentDDP
 from .errors import DeviceError, DistributedError, StateDictError
 
 __all__ = ["Context"]

@@ -51,7 +51,7 @@ class TorchPlugin:
     def _setup(experiment, params) -> None:
         _session.start(params)
         if params["distributed"]:
-            from . import _job
+            from .distributed import _job
 
             _job.start(params)
 
@@ -59,7 +59,7 @@ class TorchPlugin:
     def _teardown(error) -> None:
         _session.end()
         if _job_module_loaded():
-            from . import _job
+            from .distributed import _job
 
             _job.finish(error)
 
@@ -67,12 +67,12 @@ class TorchPlugin:
 def _job_module_loaded() -> bool:
     import sys
 
-    return "pystematic_torch._job" in sys.modules
+    return "pystematic_torch.distributed._job" in sys.modules
 
 
 def _fail_distributed_job(error) -> None:
     if error is not None and _job_module_loaded():
-        from . import _job
+        from .distributed import _job
 
         _job.fail(error)
 

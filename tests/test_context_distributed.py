@@ -5,12 +5,12 @@ import textwrap
 
 import pytest
 import torch
-from multiprocess import run_on_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import pystematic_torch as pt
 from pystematic_torch.context import Context
+from tests.support.ranks import run_on_ranks
 
 
 class NormNet(nn.Module):
@@ -129,9 +129,9 @@ def test_sync_batchnorm_converts_on_cuda():
 
 LOAD_IN_NEW_PROCESS = """
 import sys, torch
-sys.path.insert(0, {tests_dir!r})
+sys.path.insert(0, {repo_root!r})
 import pystematic_torch as pt
-from test_context import make_session
+from tests.test_context import make_session
 fresh = make_session()
 fresh.load_state_dict(pt.load_checkpoint({checkpoint!r}))
 torch.save(fresh.state_dict(), {echo!r})
@@ -140,7 +140,7 @@ torch.save(fresh.state_dict(), {echo!r})
 
 @pytest.mark.timeout(120)
 def test_round_trip_through_a_new_process_restores_every_tensor_exactly(tmp_path):
-    from test_context import make_session, train_steps
+    from tests.test_context import make_session, train_steps
 
     ctx = make_session()
     train_steps(ctx, steps=4)
@@ -148,7 +148,7 @@ def test_round_trip_through_a_new_process_restores_every_tensor_exactly(tmp_path
     checkpoint = pt.save_checkpoint(ctx.state_dict(), id=2, directory=tmp_path)
     echo = tmp_path / "echo.pt"
     script = LOAD_IN_NEW_PROCESS.format(
-        tests_dir=str(__import__("pathlib").Path(__file__).parent),
+        repo_root=str(__import__("pathlib").Path(__file__).parents[1]),
         checkpoint=str(checkpoint),
         echo=str(echo),
     )

@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..hdf5 import _dataset_names
+from .._hdf5_walk import dataset_names
 from ._backend import RecorderBackend
 
 __all__ = ["HDF5Backend"]
@@ -47,7 +47,7 @@ class HDF5Backend(RecorderBackend):
 
     def resume(self, step: int) -> None:
         self._write_buffers()
-        for name in _dataset_names(self._file):
+        for name in dataset_names(self._file):
             steps_name = name + ".steps"
             if name.endswith(".steps") or steps_name not in self._file:
                 continue

@@ -11,10 +11,11 @@ import time
 
 import psutil
 import pytest
-from multiprocess import free_port
+
+from tests.support.ranks import free_port
 
 JOB = pathlib.Path(__file__).parent / "jobs" / "ddp_job.py"
-EXAMPLES = pathlib.Path(__file__).parents[1] / "examples"
+EXAMPLES = pathlib.Path(__file__).parents[2] / "examples"
 # Exact digits: two ranks' lines can run together on one line of shared output.
 DONE = r"DONE rank=(\d) world=2 checksum=(-?\d+\.\d{10})"
 

@@ -4,10 +4,10 @@ import sys
 
 import pytest
 import torch
-from multiprocess import run_on_ranks
 from torch.utils.data import Dataset
 
 from pystematic_torch.data import SmartDataLoader
+from tests.support.ranks import run_on_ranks
 
 
 class Indices(Dataset):

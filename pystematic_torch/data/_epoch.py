@@ -5,8 +5,8 @@ from typing import Any
 
 from torch.utils.data import IterableDataset
 
+from ..devices import move_to_device
 from . import _prefetch
-from .devices import move_to_device
 
 logger = logging.getLogger("pystematic.torch.data")
 

@@ -17,20 +17,20 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset, default_collate
 
-from . import _prefetch
-from ._cache import build_cache
-from ._epoch import EpochIterator
-from ._samplers import ResumableIndices, ShardedSampler, mix_seed
-from ._session import current_params
-from .devices import DeviceLike, map_tensors, resolve_device
-from .distributed import (
+from .._session import current_params
+from ..devices import DeviceLike, map_tensors, resolve_device
+from ..distributed import (
     broadcast_from_master,
     get_num_processes,
     get_rank,
     is_distributed,
     is_master,
 )
-from .errors import DataError, DeviceError, DistributedError, StateDictError
+from ..errors import DataError, DeviceError, DistributedError, StateDictError
+from . import _prefetch
+from ._cache import build_cache
+from ._epoch import EpochIterator
+from ._samplers import ResumableIndices, ShardedSampler, mix_seed
 
 __all__ = ["SmartDataLoader"]
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, List, Sized
 import torch
 from torch.utils.data import Sampler
 
-from .distributed import get_num_processes, get_rank
+from ..distributed import get_num_processes, get_rank
 
 _MASK64 = (1 << 64) - 1
 

@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 import torch
-from multiprocess import free_port
 
 from pystematic_torch.recording import Recorder
+from tests.support.ranks import free_port
 
 SERVER_TIMEOUT = 90
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, List, Opti
 
 import torch
 
-from .devices import iter_tensors, map_tensors, move_to_device
+from ..devices import iter_tensors, map_tensors, move_to_device
 
 _ITEM, _END, _ERROR = "item", "end", "error"
 

@@ -10,7 +10,7 @@ from typing import Any, List, Optional, TypeVar, Union
 import torch
 import torch.distributed as dist
 
-from .errors import DistributedError
+from ..errors import DistributedError
 
 __all__ = [
     "is_distributed",

@@ -3,9 +3,9 @@ import csv
 from unittest import mock
 
 import torch
-from multiprocess import run_on_ranks
 
 from pystematic_torch.recording import Recorder, _recorder
+from tests.support.ranks import run_on_ranks
 
 
 def record_on_two_ranks(rank, root):

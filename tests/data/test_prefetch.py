@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from pystematic_torch._prefetch import BackgroundFeeder, gather_rows, iter_tensors, map_tensors
+from pystematic_torch.data._prefetch import BackgroundFeeder, gather_rows, iter_tensors, map_tensors
 
 
 @pytest.mark.timeout(20)

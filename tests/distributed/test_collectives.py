@@ -1,8 +1,8 @@
 import pytest
 import torch
-from multiprocess import run_on_ranks
 
 import pystematic_torch as pt
+from tests.support.ranks import run_on_ranks
 
 
 def test_helpers_describe_a_world_of_one_without_a_process_group():

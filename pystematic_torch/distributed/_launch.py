@@ -20,7 +20,7 @@ from typing import List, Mapping
 import torch
 import torch.distributed as dist
 
-from .errors import DistributedError
+from ..errors import DistributedError
 
 logger = logging.getLogger("pystematic.torch.launch")
 

@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 
-from .distributed import all_reduce, is_distributed
+from . import all_reduce, is_distributed
 
 __all__ = ["stop_requested"]
 

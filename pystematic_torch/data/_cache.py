@@ -5,8 +5,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from .devices import iter_tensors, move_to_device
-from .errors import DataError
+from ..devices import iter_tensors, move_to_device
+from ..errors import DataError
 
 logger = logging.getLogger("pystematic.torch.data")
 

@@ -8,11 +8,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from multiprocess import run_on_ranks
 
-from pystematic_torch.data import SmartDataLoader
+from pystematic_torch.data import HDF5Dataset, HDF5Writer, SmartDataLoader
 from pystematic_torch.errors import DataError
-from pystematic_torch.hdf5 import HDF5Dataset, HDF5Writer
+from tests.support.ranks import run_on_ranks
 
 
 @pytest.fixture
@@ -166,7 +165,7 @@ def test_each_rank_writes_its_own_file(tmp_path):
 
 def test_importing_the_module_loads_neither_h5py_nor_tensorboard():
     code = (
-        "import sys, pystematic_torch.hdf5\n"
+        "import sys, pystematic_torch.data\n"
         "print(sorted({'h5py', 'tensorboard'} & set(sys.modules)))"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

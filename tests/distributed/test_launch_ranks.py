@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from pystematic_torch import DistributedError, launch
+from pystematic_torch import DistributedError
+from pystematic_torch.distributed import _launch as launch
 
 PARAMS = {"nproc_per_node": 4, "nnodes": 2, "node_rank": 1, "master_addr": "node0.example",
           "master_port": None, "local_rank": 0}  # fmt: skip

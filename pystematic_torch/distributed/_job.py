@@ -1,6 +1,6 @@
 """A distributed job's life in this process: start ranks, join, supervise, end.
 
-Called from the plugin's experiment hooks; see ``launch`` for who we are and
+Called from the plugin's experiment hooks; see ``_launch`` for who we are and
 ``_supervise`` for how failures end the job.
 """
 import dataclasses
@@ -8,9 +8,10 @@ import logging
 import os
 from typing import Optional
 
-from . import _session, launch, preemption
+from .. import _session
+from ..errors import DistributedError
+from . import _launch, _preemption
 from ._supervise import Supervisor, become_group_leader, kill_children
-from .errors import DistributedError
 
 logger = logging.getLogger("pystematic.torch.launch")
 
@@ -30,17 +31,17 @@ def start(params: dict) -> None:
     is_subprocess = pystematic.is_subprocess()
     if is_subprocess:
         become_group_leader()
-    info = launch.resolve_ranks(params, os.environ, is_subprocess)
+    info = _launch.resolve_ranks(params, os.environ, is_subprocess)
     use_cuda = params["cuda"]
-    launch.check_gpus(params["nproc_per_node"], info.local_rank, use_cuda)
+    _launch.check_gpus(params["nproc_per_node"], info.local_rank, use_cuda)
     starts_children = info.source == "local" and not is_subprocess
     if starts_children:
         port = info.master_port
         if info.rank == 0:
             if port == 0:
-                port = launch.pick_free_port(info.master_addr)
+                port = _launch.pick_free_port(info.master_addr)
             else:
-                launch.check_port_is_free(info.master_addr, port)
+                _launch.check_port_is_free(info.master_addr, port)
         info = dataclasses.replace(info, master_port=port)
         # The children read the chosen port from their parameters.
         params["master_port"] = port
@@ -52,9 +53,9 @@ def start(params: dict) -> None:
             info.source, info.rank, info.world_size,
         )  # fmt: skip
 
-    backend = launch.choose_backend(use_cuda)
+    backend = _launch.choose_backend(use_cuda)
     try:
-        launch.join_process_group(info, backend, params["distributed_timeout"])
+        _launch.join_process_group(info, backend, params["distributed_timeout"])
     except Exception as error:
         kill_children(_children.values())
         _children.clear()
@@ -70,7 +71,7 @@ def start(params: dict) -> None:
         cleanup=_session.end,
     )
     _supervisor.start()
-    preemption._install()
+    _preemption._install()
 
 
 def finish(error: Optional[BaseException]) -> None:
@@ -91,8 +92,8 @@ def finish(error: Optional[BaseException]) -> None:
         child.join()
     _children.clear()
     _supervisor = None
-    preemption._uninstall()
-    launch.leave_process_group()
+    _preemption._uninstall()
+    _launch.leave_process_group()
 
 
 def fail(error: Optional[BaseException]) -> None:

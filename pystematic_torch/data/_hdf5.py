@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._session import call_at_exit
-from .devices import to_numpy
-from .distributed import get_num_processes, get_rank
-from .errors import DataError
+from .._hdf5_walk import dataset_names
+from .._session import call_at_exit
+from ..devices import to_numpy
+from ..distributed import get_num_processes, get_rank
+from ..errors import DataError
 
 __all__ = ["HDF5Dataset", "HDF5Writer"]
 
@@ -190,7 +191,7 @@ class HDF5Writer:
         call_at_exit(self.close)
 
     def _adopt_existing(self) -> None:
-        names = _dataset_names(self._file)
+        names = dataset_names(self._file)
         if not names:
             return
         lengths = {name: self._file[name].shape[0] for name in names}
@@ -295,7 +296,7 @@ def _check_keys(handle: Any, keys: Union[str, Sequence[str], None], path: str) -
         names = [keys] if isinstance(keys, str) else [str(key) for key in keys]
         if not names:
             raise DataError("HDF5Dataset: keys is empty; name at least one dataset or give None.")
-    available = _dataset_names(handle)
+    available = dataset_names(handle)
     missing = [name for name in names if name not in handle]
     not_data = [name for name in names if name in handle and name not in available]
     problems = []
@@ -349,13 +350,3 @@ def _rows_to_torch(block: np.ndarray) -> Any:
 def _to_numpy(value: Any) -> np.ndarray:
     array = to_numpy(value)
     return array.reshape(1) if array.ndim == 0 else array
-
-
-def _dataset_names(group: Any) -> List[str]:
-    """The paths of every dataset below ``group`` (an open h5py file or group)."""
-    import h5py
-
-    names: List[str] = []
-    group.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset)
-                     else None)  # fmt: skip
-    return names

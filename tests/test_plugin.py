@@ -1,3 +1,5 @@
+import pathlib
+import statistics
 import subprocess
 import sys
 
@@ -28,13 +30,13 @@ def test_importing_loads_no_heavy_optional_library(statement):
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.timeout(300)
-def test_import_cost_over_torch_stays_within_budget():
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks"))
+@pytest.mark.timeout(120)
+def test_using_the_api_costs_little_on_top_of_importing_torch_and_pystematic():
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
     import import_time
 
-    medians = import_time.measure(runs=5)
-    assert medians["pystematic"] - medians["torch"] <= 0.15, medians
+    samples = import_time.touch_cost(runs=3)
+    assert statistics.median(samples) <= import_time.BUDGET_SECONDS, samples
 
 
 @pytest.mark.timeout(120)

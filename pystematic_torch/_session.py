@@ -2,14 +2,35 @@
 
 Kept apart from ``plugin`` so that library modules can ask "is an experiment running, and
 with which parameters?" without importing the plugin (arrows point one way).
+
+Three registries live here:
+
+* exit callbacks (:func:`call_at_exit`): run once when the experiment ends, however it ends;
+* durables (:func:`register_durable`): objects with a ``flush()`` that puts what they hold
+  on disk, flushed by :func:`make_durable` before a checkpoint is written, so a kill right
+  after a checkpoint loses nothing recorded before it;
+* the outcome (:func:`outcome`): how the run is ending, for whoever writes it down
+  (recorders, the run's status record) while the exit callbacks run.
 """
 import logging
-from typing import Callable, List, Optional
+import threading
+import weakref
+from typing import Any, Callable, List, Optional
 
 logger = logging.getLogger("pystematic.torch")
 
+#: The ways a run ends, as :func:`outcome` reports them.
+SUCCESS, FAILURE, PREEMPTED, INTERRUPTED = "success", "failure", "preempted", "interrupted"
+
+_lock = threading.RLock()
 _params: Optional[dict] = None
+_outcome: Optional[str] = None
 _exit_callbacks: List[Callable[[], None]] = []
+_durables: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+class TeardownError(RuntimeError):
+    """One or more exit callbacks failed; every callback still ran."""
 
 
 def current_params() -> Optional[dict]:
@@ -17,10 +38,17 @@ def current_params() -> Optional[dict]:
     return _params
 
 
+def outcome() -> Optional[str]:
+    """How the run is ending (SUCCESS, FAILURE, PREEMPTED, INTERRUPTED); None while it runs."""
+    return _outcome
+
+
 def start(params: dict) -> None:
-    global _params
-    _params = params
-    _exit_callbacks.clear()
+    global _params, _outcome
+    with _lock:
+        _params = params
+        _outcome = None
+        _exit_callbacks.clear()
 
 
 def call_at_exit(callback: Callable[[], None]) -> None:
@@ -28,21 +56,82 @@ def call_at_exit(callback: Callable[[], None]) -> None:
 
     Outside an experiment the callback is not kept: there is no end to wait for.
     """
-    if _params is not None:
-        _exit_callbacks.append(callback)
+    with _lock:
+        if _params is not None:
+            _exit_callbacks.append(callback)
 
 
-def end() -> None:
+def register_durable(obj: Any) -> None:
+    """Have :func:`make_durable` call ``obj.flush()``; held weakly, inside or outside a run."""
+    _durables.add(obj)
+
+
+def unregister_durable(obj: Any) -> None:
+    _durables.discard(obj)
+
+
+def make_durable() -> None:
+    """Flush every registered durable (recorders, HDF5 writers), so their data is on disk.
+
+    Raises:
+        Exception: the first flush that failed, after every durable has been flushed.
+    """
+    errors = []
+    for obj in list(_durables):
+        try:
+            obj.flush()
+        except Exception as error:  # noqa: BLE001 - every durable gets its flush first
+            errors.append(error)
+    if errors:
+        raise errors[0]
+
+
+def end(how: str = SUCCESS) -> None:
     """Run the exit callbacks, newest first, and forget the experiment.
 
-    A failing callback is logged and the others still run, so one broken object cannot
-    keep another from flushing its data.
+    Safe to call from several threads and several times: each callback runs exactly once,
+    and a later call finds nothing left to do. A failing callback does not keep the others
+    from running; once all have run, the failures are raised together.
+
+    Args:
+        how: The run's outcome, readable through :func:`outcome` while the callbacks run.
+
+    Raises:
+        TeardownError: one or more callbacks raised; the message lists each.
     """
-    global _params
-    while _exit_callbacks:
-        callback = _exit_callbacks.pop()
-        try:
-            callback()
-        except Exception:
-            logger.exception("Cleanup at experiment end failed in %r.", callback)
-    _params = None
+    global _params, _outcome
+    failures = []
+    with _lock:
+        if _outcome is None:
+            _outcome = how
+        while True:
+            try:
+                callback = _exit_callbacks.pop()
+            except IndexError:
+                break
+            try:
+                callback()
+            except Exception as error:  # noqa: BLE001 - collected and raised below
+                logger.debug("Cleanup at experiment end failed in %r.", callback, exc_info=True)
+                failures.append((callback, error))
+        _params = None
+    if failures:
+        lines = [f"{_describe(callback)}: {type(error).__name__}: {error}"
+                 for callback, error in failures]  # fmt: skip
+        raise TeardownError(
+            "Ending the experiment failed; every other clean-up still ran:\n  - "
+            + "\n  - ".join(lines)
+        ) from failures[0][1]
+
+
+def reset_outcome() -> None:
+    """Forget the last run's outcome; the next :func:`start` does this too."""
+    global _outcome
+    _outcome = None
+
+
+def _describe(callback: Callable[[], None]) -> str:
+    owner = getattr(callback, "__self__", None)
+    if owner is not None:
+        return f"{type(owner).__name__}.{getattr(callback, '__name__', 'callback')}()"
+    return getattr(callback, "__qualname__", repr(callback))

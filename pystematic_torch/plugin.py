@@ -32,6 +32,9 @@ class TorchPlugin:
         app.on_after_experiment(
             _fail_distributed_job, priority=_AFTER_STANDARD_TEARDOWN_PRIORITY + 1
         )
+        app.on_after_experiment(
+            _raise_teardown_error, priority=_AFTER_STANDARD_TEARDOWN_PRIORITY + 2
+        )
 
         # The package resolves its public names lazily, so this does not import torch.
         import pystematic_torch
@@ -57,11 +60,47 @@ class TorchPlugin:
 
     @staticmethod
     def _teardown(error) -> None:
-        _session.end()
+        global _teardown_error
+        _teardown_error = None
+        try:
+            _session.end(_outcome_of(error))
+        except _session.TeardownError as failure:
+            # Raised only after pystematic has finished its own teardown (see
+            # _raise_teardown_error): raising here would skip the log file's closing.
+            logger.error("%s", failure)
+            _teardown_error = failure
         if _job_module_loaded():
             from .distributed import _job
 
             _job.finish(error)
+
+
+_teardown_error = None
+
+
+def _outcome_of(error) -> str:
+    if error is None:
+        return _session.SUCCESS
+    if isinstance(error, KeyboardInterrupt):
+        return _session.INTERRUPTED
+    return _session.FAILURE
+
+
+def _raise_teardown_error(error) -> None:
+    """Make a failed clean-up (a recorder that could not write its files) fail the run.
+
+    The last after-experiment hook: pystematic forgets the running experiment only after
+    every hook returned, so it is forgotten here first, or the next run in this process
+    would be refused as "already running".
+    """
+    global _teardown_error
+    failure, _teardown_error = _teardown_error, None
+    if failure is None:
+        return
+    import pystematic.core
+
+    pystematic.core.app._active_experiment = None
+    raise failure
 
 
 def _job_module_loaded() -> bool:

@@ -32,6 +32,7 @@ _EXPORTS: Dict[str, str] = {
     "ParameterError": "errors",
     "DeviceError": "errors",
     "DistributedError": "errors",
+    "LaunchError": "errors",
     "StateDictError": "errors",
     "CheckpointError": "errors",
     "DataError": "errors",

@@ -25,8 +25,10 @@ SUCCESS, FAILURE, PREEMPTED, INTERRUPTED = "success", "failure", "preempted", "i
 _lock = threading.RLock()
 _params: Optional[dict] = None
 _outcome: Optional[str] = None
+_ending = False
 _exit_callbacks: List[Callable[[], None]] = []
 _durables: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_contexts: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 class TeardownError(RuntimeError):
@@ -38,16 +40,22 @@ def current_params() -> Optional[dict]:
     return _params
 
 
+def is_ending() -> bool:
+    """Whether :func:`end` has begun for the current experiment (read by other threads)."""
+    return _ending
+
+
 def outcome() -> Optional[str]:
     """How the run is ending (SUCCESS, FAILURE, PREEMPTED, INTERRUPTED); None while it runs."""
     return _outcome
 
 
 def start(params: dict) -> None:
-    global _params, _outcome
+    global _params, _outcome, _ending
     with _lock:
         _params = params
         _outcome = None
+        _ending = False
         _exit_callbacks.clear()
 
 
@@ -68,6 +76,16 @@ def register_durable(obj: Any) -> None:
 
 def unregister_durable(obj: Any) -> None:
     _durables.discard(obj)
+
+
+def register_context(context: Any) -> None:
+    """Remember a live Context (weakly), so a loader can find the one it is registered on."""
+    _contexts.add(context)
+
+
+def contexts() -> List[Any]:
+    """The live Contexts of this process."""
+    return list(_contexts)
 
 
 def make_durable() -> None:
@@ -99,8 +117,9 @@ def end(how: str = SUCCESS) -> None:
     Raises:
         TeardownError: one or more callbacks raised; the message lists each.
     """
-    global _params, _outcome
+    global _params, _outcome, _ending
     failures = []
+    _ending = True
     with _lock:
         if _outcome is None:
             _outcome = how

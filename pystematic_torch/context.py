@@ -52,6 +52,7 @@ class Context:
     def __init__(self) -> None:
         object.__setattr__(self, "_items", {})
         object.__setattr__(self, "_device", torch.device("cpu"))
+        _session.register_context(self)
 
     # -- the registry -------------------------------------------------------------------
 
@@ -82,6 +83,10 @@ class Context:
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+    def _holds(self, obj: Any) -> bool:
+        """Whether ``obj`` is one of the items, or inside one of the containers."""
+        return any(leaf is obj for value in self._items.values() for leaf in _leaves(value))
 
     def __iter__(self) -> Iterator[str]:
         """Iterate over the registered names, in registration order."""

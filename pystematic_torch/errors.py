@@ -12,6 +12,7 @@ __all__ = [
     "ParameterError",
     "DeviceError",
     "DistributedError",
+    "LaunchError",
     "StateDictError",
     "CheckpointError",
     "DataError",
@@ -33,6 +34,15 @@ class DeviceError(Error, RuntimeError):
 
 class DistributedError(Error, RuntimeError):
     """Distributed training was set up wrongly or a rank failed."""
+
+
+class LaunchError(DistributedError):
+    """A distributed run cannot start as configured (a taken port, too few GPUs, an
+    inconsistent torchrun or SLURM environment, a rank that died before the job formed).
+
+    On the command line it is reported in one line, without a traceback (``--debug`` shows
+    one).
+    """
 
 
 class StateDictError(Error, RuntimeError):

@@ -6,7 +6,13 @@ import pystematic.core
 
 from .errors import ParameterError
 
-__all__ = ["default_parameters", "validate_parameters"]
+__all__ = ["default_parameters", "validate_parameters", "ENVIRONMENT_VARIABLES"]
+
+#: The only environment variables that feed our parameters (pystematic's own parameters, and
+#: the user's, keep pystematic's rule: the parameter's name in capitals).
+ENVIRONMENT_VARIABLES = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: torch's own default for gloo and NCCL process groups: 30 minutes.
+DEFAULT_DISTRIBUTED_TIMEOUT = 1800.0
 
 
 class _IntInRange:
@@ -42,8 +48,15 @@ class _FloatAbove:
         return number
 
 
-def _parameter(name: str, type: Callable = str, **kwargs) -> pystematic.core.Parameter:
-    param = pystematic.core.Parameter(name=name, type=type, **kwargs)
+def _parameter(
+    name: str, type: Callable = str, envvar: Optional[str] = None, **kwargs
+) -> pystematic.core.Parameter:
+    param = pystematic.core.Parameter(name=name, type=type, envvar=envvar, **kwargs)
+    if envvar is None:
+        # pystematic would read an environment variable named after the parameter: CUDA and
+        # CHECKPOINT are common names with other meanings (CUDA=/usr/local/cuda), so only the
+        # documented variables feed our parameters.
+        param.envvar = False
     # Users type both spellings (torchrun documents --nproc-per-node, older launchers
     # --nproc_per_node), so each multi-word name answers to both.
     underscore_flag = f"--{name}"
@@ -118,10 +131,10 @@ def default_parameters() -> List[pystematic.core.Parameter]:
         _parameter(
             "distributed_timeout",
             type=_FloatAbove("distributed_timeout", 0.0),
-            default=60.0,
-            help="Seconds within which every rank ends after one fails, and the longest a rank "
-            "waits for the others in a collective; raise it if ranks legitimately wait longer "
-            "(e.g. rank 0 evaluating alone).",
+            default=DEFAULT_DISTRIBUTED_TIMEOUT,
+            help="Seconds a rank waits for the others, at the start and in any collective, "
+            "before giving up. A rank that fails or dies ends the job within seconds whatever "
+            "this is; it only bounds waiting on a rank that hangs or whose machine vanished.",
         ),
     ]
 

@@ -1,22 +1,31 @@
 """The pystematic plugin: parameters, experiment hooks and the ``pystematic.torch`` namespace.
 
 pystematic loads this through the ``pystematic.plugins`` entry point and calls
-``TorchPlugin(app)`` once per process.
+``TorchPlugin(app)`` once per process. What the hooks do is in ``_lifecycle``; this module
+only says when they run.
 """
+import functools
 import logging
+import sys
 
-from . import _session
+from . import _lifecycle
 from .params import default_parameters, validate_parameters
 
 logger = logging.getLogger("pystematic.torch")
 
-# The standard plugin runs at priority 10 and creates the output directory and log file;
-# our set-up comes after it so that what it logs lands in the run's log.
+# Before-experiment hooks run lowest first. The standard plugin runs at 10 and creates the
+# run directory and log file: the launch checks and the meeting with rank 0 come before it
+# (a bad port leaves no empty run directory, and every rank learns rank 0's directory), the
+# rest after it (so that what it logs lands in the run's log).
+_PREPARE_PRIORITY = 5
 _SETUP_PRIORITY = 20
-# After-experiment hooks run lowest first: ours flush recorders before the standard plugin
-# closes the log file and kills leftover children, and tidy its logging up afterwards.
+# After-experiment hooks: ours flush recorders before the standard plugin closes the log file
+# and kills leftover children, and end the process or re-raise after it.
 _TEARDOWN_PRIORITY = 5
 _AFTER_STANDARD_TEARDOWN_PRIORITY = 100
+# pystematic's own parameters that no environment variable may set: torchrun exports
+# LOCAL_RANK, which pystematic would otherwise read as its subprocess counter.
+_INTERNAL_PARAMETERS = ("subprocess", "local_rank")
 
 
 class TorchPlugin:
@@ -24,17 +33,14 @@ class TorchPlugin:
 
     def __init__(self, app) -> None:
         app.on_experiment_created(self._add_parameters, priority=20)
-        app.on_before_experiment(self._setup, priority=_SETUP_PRIORITY)
-        app.on_after_experiment(self._teardown, priority=_TEARDOWN_PRIORITY)
-        app.on_after_experiment(
-            _detach_closed_log_handlers, priority=_AFTER_STANDARD_TEARDOWN_PRIORITY
-        )
-        app.on_after_experiment(
-            _fail_distributed_job, priority=_AFTER_STANDARD_TEARDOWN_PRIORITY + 1
-        )
-        app.on_after_experiment(
-            _raise_teardown_error, priority=_AFTER_STANDARD_TEARDOWN_PRIORITY + 2
-        )
+        app.on_before_experiment(_lifecycle.prepare, priority=_PREPARE_PRIORITY)
+        app.on_before_experiment(_lifecycle.setup, priority=_SETUP_PRIORITY)
+        app.on_after_experiment(_lifecycle.teardown, priority=_TEARDOWN_PRIORITY)
+        after_standard = (_detach_closed_log_handlers, _lifecycle.end_failed_job,
+                          _lifecycle.finish)  # fmt: skip
+        for offset, hook in enumerate(after_standard):
+            app.on_after_experiment(hook, priority=_AFTER_STANDARD_TEARDOWN_PRIORITY + offset)
+        _lifecycle.quiet_standard_error_for_preemption()
 
         # The package resolves its public names lazily, so this does not import torch.
         import pystematic_torch
@@ -47,73 +53,34 @@ class TorchPlugin:
         for param in default_parameters():
             if param.name not in existing:
                 experiment.add_parameter(param)
+        for param in experiment.get_parameters():
+            if param.name in _INTERNAL_PARAMETERS:
+                param.envvar = False
         _check_combinations_when_parsed(experiment.param_manager)
+        experiment.cli = _one_line_launch_errors(experiment.cli)
         return experiment
 
-    @staticmethod
-    def _setup(experiment, params) -> None:
-        _session.start(params)
-        if params["distributed"]:
-            from .distributed import _job
 
-            _job.start(params)
+def _one_line_launch_errors(cli):
+    """Wrap ``experiment.cli`` so that a launch error is one line on stderr, not a traceback.
 
-    @staticmethod
-    def _teardown(error) -> None:
-        global _teardown_error
-        _teardown_error = None
-        try:
-            _session.end(_outcome_of(error))
-        except _session.TeardownError as failure:
-            # Raised only after pystematic has finished its own teardown (see
-            # _raise_teardown_error): raising here would skip the log file's closing.
-            logger.error("%s", failure)
-            _teardown_error = failure
-        if _job_module_loaded():
-            from .distributed import _job
-
-            _job.finish(error)
-
-
-_teardown_error = None
-
-
-def _outcome_of(error) -> str:
-    if error is None:
-        return _session.SUCCESS
-    if isinstance(error, KeyboardInterrupt):
-        return _session.INTERRUPTED
-    return _session.FAILURE
-
-
-def _raise_teardown_error(error) -> None:
-    """Make a failed clean-up (a recorder that could not write its files) fail the run.
-
-    The last after-experiment hook: pystematic forgets the running experiment only after
-    every hook returned, so it is forgotten here first, or the next run in this process
-    would be refused as "already running".
+    A wrong port, too few GPUs or an inconsistent torchrun environment is a mistake in the
+    command, like a bad flag, which pystematic reports in one line too; ``--debug`` shows
+    the traceback.
     """
-    global _teardown_error
-    failure, _teardown_error = _teardown_error, None
-    if failure is None:
-        return
-    import pystematic.core
 
-    pystematic.core.app._active_experiment = None
-    raise failure
+    @functools.wraps(cli)
+    def run_from_command_line(argv=None, exit_on_error=True):
+        try:
+            return cli(argv, exit_on_error)
+        except _lifecycle.LaunchError as error:
+            if not exit_on_error or getattr(error, "debug", False):
+                raise
+            if not getattr(error, "logged", False):
+                sys.stderr.write(f"Error: {error}\n")
+            sys.exit(1)
 
-
-def _job_module_loaded() -> bool:
-    import sys
-
-    return "pystematic_torch.distributed._job" in sys.modules
-
-
-def _fail_distributed_job(error) -> None:
-    if error is not None and _job_module_loaded():
-        from .distributed import _job
-
-        _job.fail(error)
+    return run_from_command_line
 
 
 def _detach_closed_log_handlers(error) -> None:

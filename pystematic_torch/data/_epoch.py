@@ -1,18 +1,25 @@
-"""One pass over a SmartDataLoader: delivery counting, device feeding, the end of an epoch."""
+"""One pass over a SmartDataLoader: delivery counting, device feeding, the end of an epoch.
+
+An epoch ends when its batches run out. Leaving the loop early (``break``, an exception,
+preemption) keeps the loader's place, so the next ``iter()`` continues the same epoch after
+the last delivered batch, exactly as a run resumed from a checkpoint taken there does.
+"""
 import itertools
 import logging
 from typing import Any
 
 from torch.utils.data import IterableDataset
 
+from .. import _session
 from ..devices import move_to_device
+from ..distributed._preemption import Preempted, stop_check_for
 from . import _prefetch
 
 logger = logging.getLogger("pystematic.torch.data")
 
 
 class EpochIterator:
-    """One pass over a SmartDataLoader: counts deliveries and ends the epoch when it stops."""
+    """One pass over a SmartDataLoader: counts deliveries, ends the epoch when it runs out."""
 
     def __init__(self, loader) -> None:
         # Closed until fully built, so a failed start does not count as an ended epoch.
@@ -38,6 +45,7 @@ class EpochIterator:
         else:
             self._next = lambda: move_to_device(device, next(host))
         self._bar = loader._make_bar(start)
+        self._stop_check = stop_check_for(loader, _registered_on_a_context)
         self._done = False
 
     def __iter__(self) -> "EpochIterator":
@@ -49,26 +57,32 @@ class EpochIterator:
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
+        if self._stop_check is not None and self._stop_check():
+            self.close()
+            raise Preempted(self._loader)
         try:
             batch = self._next()
         except StopIteration:
-            self.close()
+            self._end_epoch()
             raise
         self._loader._position += 1
         if self._bar is not None:
             self._bar.update(1)
         return batch
 
+    def _end_epoch(self) -> None:
+        loader = self._loader
+        active = loader._active() if loader._active is not None else None
+        if not self._done and (active is self or active is None):
+            loader._epoch = self._epoch + 1
+            loader._position = 0
+        self.close()
+
     def close(self) -> None:
-        """End this pass; the loader's next iteration is the next epoch."""
+        """Stop this pass, keeping the loader's place: its next iteration continues the epoch."""
         if self._done:
             return
         self._done = True
-        loader = self._loader
-        active = loader._active() if loader._active is not None else None
-        if active is self or active is None:
-            loader._epoch = self._epoch + 1
-            loader._position = 0
         if self._feeder is not None:
             self._feeder.close()
         if self._bar is not None:
@@ -80,3 +94,10 @@ class EpochIterator:
             self.close()
         except Exception:  # interpreter shutdown: the loader may already be gone
             pass
+
+
+def _registered_on_a_context(loader) -> bool:
+    # Only inside an experiment is there a teardown to save the Context's state.
+    if _session.current_params() is None:
+        return False
+    return any(context._holds(loader) for context in _session.contexts())

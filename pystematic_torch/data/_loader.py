@@ -220,6 +220,10 @@ class SmartDataLoader(DataLoader):
             return
         self._agree_seed()
 
+    def _iterates_in_lockstep(self) -> bool:
+        """Whether every rank delivers the same number of batches per epoch."""
+        return self._own_sampler is not None and self.even_shards
+
     def _agree_seed(self) -> None:
         if self.shuffle and not self._seed_agreed:
             self._seed = int(broadcast_from_master(self._seed))

@@ -1,104 +1,282 @@
-"""A distributed job's life in this process: start ranks, join, supervise, end.
+"""A distributed job's life in this process, in the order pystematic's hooks call it.
 
-Called from the plugin's experiment hooks; see ``_launch`` for who we are and
-``_supervise`` for how failures end the job.
+1. :func:`prepare`, before pystematic creates the run directory: who we are, the checks
+   that need no directory (environment, GPUs, the port: rank 0 binds it here), and, on
+   ranks other than 0, rank 0's run directory and seed, so that every rank writes into one
+   directory and uses one seed.
+2. :func:`start`, once the directory exists: rank 0 publishes it, our own launch starts the
+   other local ranks, every rank waits for the others under supervision (a rank that dies
+   during start-up ends the job at once), then the process group forms on the same store.
+3. :func:`notify`, :func:`finish` and :func:`fail` at the end; see ``_supervise`` for how
+   a failure on one rank ends the others after they have flushed.
 """
 import dataclasses
+import gc
+import json
 import logging
 import os
-from typing import Optional
+import pathlib
+import socket
+import sys
+import traceback
+from typing import Any, Dict, Optional
 
-from .. import _session
-from ..errors import DistributedError
-from . import _launch, _preemption
-from ._supervise import Supervisor, become_group_leader, kill_children
+from .. import _rundir, _session
+from ..errors import LaunchError
+from . import _launch, _preemption, get_num_processes, get_rank, is_distributed
+from ._rendezvous import Rendezvous
+from ._sockets import shut_down_peer_connections
+from ._supervise import (
+    JobFailed,
+    Supervisor,
+    become_group_leader,
+    kill_own_workers,
+    kill_ranks,
+)
 
 logger = logging.getLogger("pystematic.torch.launch")
 
-_supervisor: Optional[Supervisor] = None
-_children: dict = {}
+RANKS_FILE = "ranks.json"
+
+
+@dataclasses.dataclass
+class _Job:
+    info: _launch.RankInfo
+    rendezvous: Rendezvous
+    environ: Dict[str, str]
+    backend: str
+    device: Any
+    timeout: float
+    parent_pid: int
+    children: Dict[int, Any] = dataclasses.field(default_factory=dict)
+    supervisor: Optional[Supervisor] = None
+    origin: bool = False
+
+
+_job: Optional[_Job] = None
+
+
+def prepare(params: dict) -> None:
+    """Resolve this rank and meet rank 0 before the run directory exists.
+
+    Raises:
+        LaunchError: inconsistent environment, too few GPUs, a busy port, rank 0 not
+            reachable, or rank 0 failing before it published its run directory.
+    """
+    global _job
+    environ = dict(os.environ)
+    started = params["subprocess"] is not None
+    info = _launch.resolve_ranks(params, os.environ, started)
+    device = _launch.check_gpus(info, params["nproc_per_node"], params["cuda"])
+    timeout = params["distributed_timeout"]
+    hosts = info.rank == 0 and info.source != "torchrun"
+    rendezvous = Rendezvous.host(info, timeout) if hosts else Rendezvous.connect(info, timeout)
+    if info.source == "local":
+        params["master_port"] = rendezvous.port  # what the started ranks will connect to
+    _job = _Job(info, rendezvous, environ, _launch.choose_backend(params["cuda"]), device,
+                timeout, os.getppid())  # fmt: skip
+    if info.rank == 0:
+        earlier = rendezvous.first_run() if info.restart else None
+        if earlier is not None:
+            _rundir.continue_in(pathlib.Path(earlier["dir"]))
+            params["random_seed"] = earlier["seed"]
+    elif not started:
+        run = rendezvous.wait_for_run(timeout, watch=lambda: None)
+        _rundir.join_as_rank(params, pathlib.Path(run["dir"]), info.rank)
+        params["random_seed"] = run["seed"]
+        if run["resumed"] is not None:
+            params["checkpoint"] = pathlib.Path(run["resumed"])
 
 
 def start(params: dict) -> None:
-    """Join (and, for our own launch, first start) the job's process group.
+    """Start the other local ranks, wait for every rank, form the process group.
 
     Raises:
-        DistributedError: inconsistent environment, too few GPUs, or a busy master port.
+        LaunchError: a rank died or failed before every rank arrived, or they did not all
+            arrive within ``--distributed_timeout``.
     """
-    global _supervisor
     import pystematic
 
-    is_subprocess = pystematic.is_subprocess()
-    if is_subprocess:
+    job = _job
+    info = job.info
+    if info.rank == 0:
+        resumed = params.get("checkpoint")
+        job.rendezvous.publish_run(str(pystematic.output_dir), params["random_seed"],
+                                   None if resumed is None else str(resumed))  # fmt: skip
+    if info.started_by_launcher:
         become_group_leader()
-    info = _launch.resolve_ranks(params, os.environ, is_subprocess)
-    use_cuda = params["cuda"]
-    _launch.check_gpus(params["nproc_per_node"], info.local_rank, use_cuda)
-    starts_children = info.source == "local" and not is_subprocess
-    if starts_children:
-        port = info.master_port
-        if info.rank == 0:
-            if port == 0:
-                port = _launch.pick_free_port(info.master_addr)
-            else:
-                _launch.check_port_is_free(info.master_addr, port)
-        info = dataclasses.replace(info, master_port=port)
-        # The children read the chosen port from their parameters.
-        params["master_port"] = port
-        for local_rank in range(1, params["nproc_per_node"]):
-            _children[info.rank + local_rank] = pystematic.launch_subprocess(master_port=port)
+    elif info.source == "local":
+        _start_local_ranks(params, job)
+    if info.restart:
+        logger.info("torchrun restart %d: rank %d starts again.", info.restart, info.rank)
     elif info.source != "local":
-        logger.info(
-            "Started by %s: rank %d of %d; --nproc_per_node and --nnodes are not used.",
-            info.source, info.rank, info.world_size,
-        )  # fmt: skip
-
-    backend = _launch.choose_backend(use_cuda)
+        logger.info("Started by %s: rank %d of %d.", info.source, info.rank, info.world_size)
     try:
-        _launch.join_process_group(info, backend, params["distributed_timeout"])
-    except Exception as error:
-        kill_children(_children.values())
-        _children.clear()
-        raise DistributedError(
-            f"Rank {info.rank} could not join the process group at "
-            f"{info.master_addr}:{info.master_port}: {error}"
-        ) from error
-    logger.debug("Rank %d of %d joined (%s).", info.rank, info.world_size, backend)
-    _supervisor = Supervisor(
-        rank=info.rank,
-        children=dict(_children),
-        watch_parent=is_subprocess,
-        cleanup=_session.end,
-    )
-    _supervisor.start()
-    _preemption._install()
+        job.rendezvous.join(job.timeout, watch=lambda: _watch_start(job))
+        job.rendezvous.init_process_group(job.backend, job.timeout, job.device)
+    except BaseException:
+        kill_ranks(job.children.values())
+        raise
+    logger.debug("Rank %d of %d joined (%s).", info.rank, info.world_size, job.backend)
+    # What torchrun would have set, for code that reads it; restored when the run ends.
+    os.environ.update(RANK=str(info.rank), LOCAL_RANK=str(info.local_rank),
+                      WORLD_SIZE=str(info.world_size), MASTER_ADDR=info.master_addr,
+                      MASTER_PORT=str(job.rendezvous.port))  # fmt: skip
+    job.supervisor = Supervisor(
+        job.rendezvous, info.rank, children=dict(job.children),
+        watch_parent=info.started_by_launcher, end_session=lambda: _session.end(_session.FAILURE),
+        is_ending=_session.is_ending,
+    )  # fmt: skip
+    job.supervisor.start()
+    _label_console(pystematic, info)
+    _record_ranks(pystematic.output_dir)
+
+
+def _start_local_ranks(params: dict, job: _Job) -> None:
+    import pystematic
+
+    for local_rank in range(1, params["nproc_per_node"]):
+        child = dict(params)
+        child.update(subprocess=str(pystematic.params_file), local_rank=job.info.rank + local_rank,
+                     master_port=job.rendezvous.port)  # fmt: skip
+        job.children[job.info.rank + local_rank] = (
+            pystematic.current_experiment.run_in_new_process(child)
+        )
+
+
+def _watch_start(job: _Job) -> None:
+    for rank, child in job.children.items():
+        if child.exitcode is not None:
+            job.rendezvous.report_failure(f"rank {rank} exited with code {child.exitcode}")
+            raise LaunchError(
+                f"Rank {rank} exited with code {child.exitcode} before every rank had joined "
+                "the job; its error is printed above."
+            )
+    if job.info.started_by_launcher and os.getppid() != job.parent_pid:
+        raise LaunchError("The process that started this rank is gone.")
+
+
+def _label_console(pystematic, info: _launch.RankInfo) -> None:
+    # pystematic labels a main process's lines with its rank once it has started others;
+    # rank 0 of any distributed run gets the same label as the ranks beside it.
+    if info.rank == 0 and info.world_size > 1:
+        pystematic.subprocess_counter.__wrapped__ = max(1, int(pystematic.subprocess_counter))
+
+
+def _record_ranks(output_dir) -> None:
+    from . import gather_to_master
+
+    here = {"rank": get_rank(), "host": socket.gethostname(), "pid": os.getpid(),
+            "local_rank": _job.info.local_rank}  # fmt: skip
+    ranks = gather_to_master(here)
+    if ranks is not None:
+        path = pathlib.Path(str(output_dir)) / RANKS_FILE
+        temporary = path.with_name(f".{RANKS_FILE}.tmp")
+        temporary.write_text(json.dumps({"world_size": len(ranks), "ranks": ranks}, indent=1))
+        os.replace(temporary, path)
+
+
+# -- the end --------------------------------------------------------------------------------
+
+
+def notify(error: Optional[BaseException]) -> None:
+    """At the start of teardown: tell the other ranks at once if this rank failed."""
+    job = _job
+    if job is None or job.supervisor is None:
+        return
+    job.supervisor.main_thread_ending()
+    if error is None or isinstance(error, _preemption.Preempted):
+        return
+    if isinstance(error, JobFailed) and job.supervisor.failure is not None:
+        return  # the monitor already knows why, and has said so
+    code = 130 if isinstance(error, KeyboardInterrupt) else 1
+    reason = (f"rank {job.info.rank} was interrupted (SIGINT)" if code == 130
+              else f"rank {job.info.rank} raised {type(error).__name__}: {error}")  # fmt: skip
+    job.origin = job.supervisor.claim_failure(reason, code)
 
 
 def finish(error: Optional[BaseException]) -> None:
-    """End this rank: on success wait for the others and leave the group cleanly."""
-    global _supervisor
-    if _supervisor is None:
+    """After this rank's recordings are flushed: leave the job cleanly, or let it fail."""
+    global _job
+    job = _job
+    if job is None:
         return
-    if error is not None:
-        return  # handled after pystematic has logged it, in fail()
-    import torch.distributed as dist
+    if job.supervisor is not None and (error is None or isinstance(error, _preemption.Preempted)):
+        import torch.distributed as dist
 
-    # Barrier, stop watching, barrier: no rank may leave (rank 0 takes the store with it)
-    # while another is still polling the store.
-    dist.barrier()
-    _supervisor.stop()
-    dist.barrier()
-    for child in _children.values():
-        child.join()
-    _children.clear()
-    _supervisor = None
-    _preemption._uninstall()
-    _launch.leave_process_group()
+        # Barrier, stop watching, barrier: no rank may leave (rank 0 takes the store with it)
+        # while another is still polling the store.
+        dist.barrier()
+        job.supervisor.stop()
+        dist.barrier()
+        for child in job.children.values():
+            child.join()
+        _leave(job)
+        _job = None
+        return
+    if job.supervisor is not None:
+        # Ranks blocked in a collective with this one learn of the failure when its
+        # connections close, and then unwind and flush like every other rank.
+        if job.children:
+            shut_down_peer_connections(job.rendezvous.port)
+        job.supervisor.wait_for_children()
+        if job.info.world_size > 1:
+            return  # fail() ends the process once pystematic has logged the error
+    _leave(job)
+    _job = None
 
 
 def fail(error: Optional[BaseException]) -> None:
-    """After a failed experiment: show the traceback once, stop every rank, exit non-zero."""
-    if error is None or _supervisor is None:
+    """After pystematic's teardown: show the failure once and end this rank's process."""
+    job = _job
+    if job is None or error is None or isinstance(error, _preemption.Preempted):
         return
-    _supervisor.stop()
-    _supervisor.fail_with_exception(error)
+    supervisor = job.supervisor
+    reason, code = supervisor.failure or ("", 1)
+    if isinstance(error, (JobFailed, KeyboardInterrupt)) or not job.origin:
+        if not supervisor.announced:
+            sys.stderr.write(f"[rank {job.info.rank}] Stopping this rank: {reason}.\n")
+    else:
+        label = f"[rank {job.info.rank}]"
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        sys.stderr.write("".join(f"{label} {line}\n" for line in text.splitlines()))
+    # The failed frames hold DataLoader iterators: freed, they stop their workers and release
+    # their semaphores properly, instead of leaving that to the resource tracker's warning.
+    traceback.clear_frames(error.__traceback__)
+    error.__traceback__ = None
+    gc.collect()
+    supervisor.stop()
+    kill_ranks(job.children.values())
+    kill_own_workers()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def abandon() -> None:
+    """Undo :func:`prepare` after a launch error: the store, the environment."""
+    global _job
+    if _job is not None:
+        _restore_environment(_job.environ)
+    _job = None
+
+
+def _leave(job: _Job) -> None:
+    import torch.distributed as dist
+
+    if job.supervisor is not None:
+        job.supervisor.stop()
+    if is_distributed():
+        dist.destroy_process_group()
+    _restore_environment(job.environ)
+
+
+def _restore_environment(saved: Dict[str, str]) -> None:
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    os.environ.update(saved)
+
+
+def world_size() -> int:
+    return _job.info.world_size if _job is not None else get_num_processes()

@@ -1,30 +1,31 @@
-"""Who this process is in a distributed run, and joining the process group.
+"""Who this process is in a distributed run, and the checks made before anything starts.
 
 Three ways to be started, told apart by the environment:
 
-* our own launch: ``--distributed --nproc_per_node N`` makes the main process local rank 0
-  and starts N-1 more through pystematic's subprocess mechanism;
+* our own launch: ``--distributed --nproc_per_node N`` makes the main process of each machine
+  start N-1 more ranks through pystematic's subprocess mechanism;
 * ``torchrun`` (or any launcher that sets RANK, WORLD_SIZE and LOCAL_RANK);
-* a SLURM job step with more than one task (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID).
+* an ``srun`` job step with more than one task (SLURM_PROCID, SLURM_STEP_NUM_TASKS,
+  SLURM_LOCALID). An ``sbatch`` script's own batch step is not such a step: there our own
+  launch starts the ranks.
 
 In the last two we spawn nothing and take the ranks from the environment.
 """
 import dataclasses
-import datetime
 import logging
-import os
 import re
-import socket
-from typing import List, Mapping
+from typing import List, Mapping, Optional
 
 import torch
-import torch.distributed as dist
 
-from ..errors import DistributedError
+from ..errors import LaunchError
 
 logger = logging.getLogger("pystematic.torch.launch")
 
 DEFAULT_MULTI_NODE_PORT = 29500
+# SLURM jobs that share a first node must not share a port: the default comes from the job
+# id, within a range below Linux's ephemeral ports (32768 and up).
+_SLURM_PORT_BASE, _SLURM_PORT_SPAN = 10000, 20000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,33 +36,60 @@ class RankInfo:
     local_rank: int
     world_size: int
     master_addr: str
-    master_port: int
+    master_port: int  # 0: rank 0 picks a free port
     source: str  # "local", "torchrun" or "slurm"
+    started_by_launcher: bool = False  # a rank our own launch started
+    restart: int = 0  # torchrun's restart count
+    machines: int = 1
 
 
-def resolve_ranks(params: Mapping, environ: Mapping[str, str], is_subprocess: bool) -> RankInfo:
+def resolve_ranks(params: Mapping, environ: Mapping[str, str], started: bool) -> RankInfo:
     """Work out this process's ranks from the environment or the parameters.
 
+    Args:
+        params: The experiment's parameters.
+        environ: The process environment.
+        started: Whether our own launch started this process (it then carries its global
+            rank in ``params["local_rank"]``).
+
     Raises:
-        DistributedError: the environment's values contradict each other.
+        LaunchError: the environment's values contradict each other.
     """
-    if {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= environ.keys() and not is_subprocess:
+    if started:
+        return _from_our_launch(params, params["local_rank"])
+    source = launcher_in(environ)
+    if source == "torchrun":
         return _from_torchrun(environ)
-    if {"SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"} <= environ.keys():
-        if _integer(environ, "SLURM_NTASKS") > 1:
-            return _from_slurm(params, environ)
-    nproc, node_rank = params["nproc_per_node"], params["node_rank"]
-    local_rank = params["local_rank"] if is_subprocess else 0
+    if source == "slurm":
+        return _from_slurm(params, environ)
+    return _from_our_launch(params, params["node_rank"] * params["nproc_per_node"])
+
+
+def launcher_in(environ: Mapping[str, str]) -> Optional[str]:
+    """``"torchrun"`` or ``"slurm"`` when that launcher started several ranks, else None."""
+    if {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= environ.keys():
+        return "torchrun"
+    step_tasks = environ.get("SLURM_STEP_NUM_TASKS")
+    if step_tasks is not None and {"SLURM_PROCID", "SLURM_LOCALID"} <= environ.keys():
+        if _integer(environ, "SLURM_STEP_NUM_TASKS") > 1:
+            return "slurm"
+    return None
+
+
+def _from_our_launch(params: Mapping, rank: int) -> RankInfo:
+    nproc = params["nproc_per_node"]
     port = params["master_port"]
     if port is None:
         port = DEFAULT_MULTI_NODE_PORT if params["nnodes"] > 1 else 0
     return RankInfo(
-        rank=node_rank * nproc + local_rank,
-        local_rank=local_rank,
+        rank=rank,
+        local_rank=rank - params["node_rank"] * nproc,
         world_size=params["nnodes"] * nproc,
         master_addr=params["master_addr"],
         master_port=port,
         source="local",
+        started_by_launcher=rank != params["node_rank"] * nproc,
+        machines=params["nnodes"],
     )
 
 
@@ -71,35 +99,54 @@ def _from_torchrun(environ: Mapping[str, str]) -> RankInfo:
     _check_consistent("RANK", rank, "WORLD_SIZE", world_size, "LOCAL_RANK", local_rank)
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if name not in environ:
-            raise DistributedError(
+            raise LaunchError(
                 f"RANK and WORLD_SIZE are set but {name} is not; start the job with torchrun, "
                 f"or set {name} for every process."
             )
+    restart = int(environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    machines = int(environ.get("GROUP_WORLD_SIZE", "1") or 1)
     return RankInfo(rank, local_rank, world_size, environ["MASTER_ADDR"],
-                    _integer(environ, "MASTER_PORT"), "torchrun")  # fmt: skip
+                    _integer(environ, "MASTER_PORT"), "torchrun", restart=restart,
+                    machines=machines)  # fmt: skip
 
 
 def _from_slurm(params: Mapping, environ: Mapping[str, str]) -> RankInfo:
-    rank, world_size = _integer(environ, "SLURM_PROCID"), _integer(environ, "SLURM_NTASKS")
+    rank, world_size = _integer(environ, "SLURM_PROCID"), _integer(environ, "SLURM_STEP_NUM_TASKS")
     local_rank = _integer(environ, "SLURM_LOCALID")
-    _check_consistent("SLURM_PROCID", rank, "SLURM_NTASKS", world_size, "SLURM_LOCALID",
+    _check_consistent("SLURM_PROCID", rank, "SLURM_STEP_NUM_TASKS", world_size, "SLURM_LOCALID",
                       local_rank)  # fmt: skip
     address = environ.get("MASTER_ADDR")
+    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST")
+    nodelist = nodelist or environ.get("SLURM_NODELIST")
     if address is None:
-        if "SLURM_NODELIST" not in environ and "SLURM_JOB_NODELIST" not in environ:
-            raise DistributedError(
-                "A SLURM job step needs MASTER_ADDR or SLURM_NODELIST to find the first node."
+        if nodelist is None:
+            raise LaunchError(
+                "A SLURM job step needs MASTER_ADDR or SLURM_STEP_NODELIST to find its first "
+                "node; run the script with srun inside the allocation."
             )
-        address = first_host(environ.get("SLURM_NODELIST") or environ["SLURM_JOB_NODELIST"])
-    port = params["master_port"] or DEFAULT_MULTI_NODE_PORT
-    return RankInfo(rank, local_rank, world_size, address, port, "slurm")
+        address = first_host(nodelist)
+    port = params["master_port"]
+    if port is None and "MASTER_PORT" in environ:
+        port = _integer(environ, "MASTER_PORT")
+    if port is None:
+        port = slurm_default_port(environ)
+    machines = int(environ.get("SLURM_STEP_NUM_NODES") or environ.get("SLURM_NNODES") or 1)
+    return RankInfo(rank, local_rank, world_size, address, port, "slurm", machines=machines)
+
+
+def slurm_default_port(environ: Mapping[str, str]) -> int:
+    """A port for this SLURM job: jobs that share a node get different ones."""
+    job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
+    if job_id is None or not job_id.isdigit():
+        return DEFAULT_MULTI_NODE_PORT
+    return _SLURM_PORT_BASE + int(job_id) % _SLURM_PORT_SPAN
 
 
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list such as ``gpu[003-005,010],cpu01``."""
     match = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
     if not match:
-        raise DistributedError(f"Cannot read a host name from SLURM_NODELIST={nodelist!r}.")
+        raise LaunchError(f"Cannot read a host name from the SLURM node list {nodelist!r}.")
     prefix, ranges = match.groups()
     if ranges is None:
         return prefix
@@ -111,7 +158,7 @@ def _integer(environ: Mapping[str, str], name: str) -> int:
     try:
         return int(environ[name])
     except ValueError:
-        raise DistributedError(f"{name}={environ[name]!r} is not an integer.") from None
+        raise LaunchError(f"{name}={environ[name]!r} is not an integer.") from None
 
 
 def _check_consistent(rank_name, rank, size_name, size, local_name, local_rank) -> None:
@@ -123,73 +170,62 @@ def _check_consistent(rank_name, rank, size_name, size, local_name, local_rank) 
     if not 0 <= local_rank <= max(rank, 0):
         problems.append(f"{local_name}={local_rank} must be in 0..{rank_name} ({rank})")
     if problems:
-        raise DistributedError(
-            "Inconsistent distributed environment: " + "; ".join(problems) + "."
-        )
+        raise LaunchError("Inconsistent distributed environment: " + "; ".join(problems) + ".")
 
 
-def pick_free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((address if address != "localhost" else "127.0.0.1", 0))
-        return sock.getsockname()[1]
+def check_not_distributed(params: Mapping, environ: Mapping[str, str]) -> List[str]:
+    """For a run without ``--distributed``: refuse a launcher's ranks, list what is ignored.
 
-
-def check_port_is_free(address: str, port: int) -> None:
-    """Refuse a master port that something on this machine already listens on.
+    Returns:
+        Warnings about parameters that have no effect without ``--distributed``.
 
     Raises:
-        DistributedError: naming the port and the parameter to change.
+        LaunchError: torchrun or srun started several processes, each of which would train
+            alone on the whole data.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("", port))
-        except OSError:
-            raise DistributedError(
-                f"master_port {port} is already in use on this machine; pass --master_port "
-                "with a free port, or --master_port 0 to pick one."
-            ) from None
+    source = launcher_in(environ)
+    if source == "torchrun" and environ.get("WORLD_SIZE", "1") != "1":
+        raise LaunchError(
+            f"torchrun started {environ['WORLD_SIZE']} processes but --distributed is off, so "
+            "each would train alone on all the data; add --distributed."
+        )
+    if source == "slurm":
+        raise LaunchError(
+            f"srun started {environ['SLURM_STEP_NUM_TASKS']} tasks but --distributed is off, "
+            "so each would train alone on all the data; add --distributed (or, for independent "
+            "runs, use a job array: sbatch --array)."
+        )
+    ignored = [f"{name}={params[name]}" for name in ("nproc_per_node", "nnodes")
+               if params[name] != 1]  # fmt: skip
+    if ignored:
+        return [
+            f"{' and '.join(ignored)} has no effect without --distributed: this run is one "
+            "process. Add --distributed to start the ranks."
+        ]
+    return []
 
 
 def choose_backend(use_cuda: bool) -> str:
     return "nccl" if use_cuda and torch.cuda.is_available() else "gloo"
 
 
-def check_gpus(nproc_per_node: int, local_rank: int, use_cuda: bool) -> None:
-    """Bind this rank to its own GPU before anything else touches CUDA.
+def check_gpus(info: RankInfo, nproc_per_node: int, use_cuda: bool) -> Optional[torch.device]:
+    """Bind this rank to its GPU before anything else touches CUDA; None on the CPU.
+
+    The GPU is ``local_rank % device_count()``: with one visible GPU per task (SLURM's
+    ``--gpus-per-task=1``) every rank uses the one it sees.
 
     Raises:
-        DistributedError: more local processes than visible GPUs with CUDA on.
+        LaunchError: our own launch asks for more local ranks than there are visible GPUs.
     """
     if not (use_cuda and torch.cuda.is_available()):
-        return
+        return None
     visible = torch.cuda.device_count()
-    if nproc_per_node > visible:
-        raise DistributedError(
+    if info.source == "local" and nproc_per_node > visible:
+        raise LaunchError(
             f"nproc_per_node={nproc_per_node} but only {visible} GPU(s) are visible; use "
             f"--nproc_per_node {visible} or fewer, or --no-cuda to run the ranks on the CPU."
         )
-    torch.cuda.set_device(local_rank)
-
-
-def join_process_group(info: RankInfo, backend: str, timeout_s: float) -> None:
-    os.environ.update(
-        RANK=str(info.rank),
-        LOCAL_RANK=str(info.local_rank),
-        WORLD_SIZE=str(info.world_size),
-        MASTER_ADDR=info.master_addr,
-        MASTER_PORT=str(info.master_port),
-    )
-    logger.debug("Joining %s process group as %s.", backend, info)
-    dist.init_process_group(
-        backend,
-        init_method=f"tcp://{info.master_addr}:{info.master_port}",
-        rank=info.rank,
-        world_size=info.world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
-
-
-def leave_process_group() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
+    device = torch.device("cuda", info.local_rank % visible)
+    torch.cuda.set_device(device)
+    return device

@@ -108,19 +108,30 @@ def test_seed_comes_from_the_experiment_then_from_torch_global_rng():
     assert epochs(first, 1) == epochs(second, 1)
 
 
-def test_leaving_an_epoch_early_ends_it():
-    reference = epochs(loader_for(Counting(12), batch_size=3, shuffle=True, random_seed=1), 3)
-    loader = loader_for(Counting(12), batch_size=3, shuffle=True, random_seed=1)
-    for _batch in loader:
+def test_leaving_an_epoch_early_keeps_its_place_like_a_resumed_run():
+    settings = dict(batch_size=3, shuffle=True, random_seed=1)
+    reference = epochs(loader_for(Counting(12), **settings), 3)  # 4 batches an epoch
+    loader = loader_for(Counting(12), **settings)
+    for batch in loader:
+        assert ids(batch) == reference[0][0]
         break
-    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["position"] == 0
+    state = loader.state_dict()
+    assert (state["epoch"], state["position"]) == (0, 1)
+    # The loop continued in this process gets the rest of epoch 0, then the next epochs ...
+    assert [ids(batch) for batch in loader] == reference[0][1:]
     assert epochs(loader, 2) == reference[1:]
-    first = iter(loader)
+    # ... and a run resumed from the state taken after the break gets the same.
+    resumed = loader_for(Counting(12), **settings)
+    resumed.load_state_dict(state)
+    assert [ids(batch) for batch in resumed] == reference[0][1:]
+    # A new iter() while a pass is open stops that pass and continues from its place.
+    fresh = loader_for(Counting(12), **settings)
+    first = iter(fresh)
     next(first)
-    second = iter(loader)  # starting again ends the pass that was left open
-    assert loader.epoch == 4
+    second = iter(fresh)
     assert list(first) == []
-    assert sorted(flat(ids(batch) for batch in second)) == list(range(12))
+    assert [ids(batch) for batch in second] == reference[0][1:]
+    assert fresh.epoch == 1
 
 
 def state_roundtrip(state, tmp_path):

@@ -208,7 +208,7 @@ def test_a_slurm_job_step_takes_its_ranks_from_the_environment(tmp_path):
     port = str(free_port())
     tasks = [
         Job(job_args("--distributed", output=tmp_path / f"task{task}"), tmp_path, env={
-            "SLURM_PROCID": str(task), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(task),
+            "SLURM_PROCID": str(task), "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": str(task),
             "SLURM_NODELIST": "localhost", "MASTER_PORT": port,
         })  # fmt: skip
         for task in (0, 1)

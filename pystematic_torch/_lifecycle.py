@@ -1,0 +1,201 @@
+"""What happens around every experiment, however it ends.
+
+The hooks, in the order pystematic calls them (``plugin`` registers them):
+
+``prepare``       before the run directory exists: launch checks, meeting rank 0
+``setup``         the experiment starts: session, stop signals, the distributed job
+``teardown``      the experiment ended (returned, raised, was preempted, interrupted):
+                  tell the other ranks, save a preempted Context, flush and close what was
+                  recorded, leave the job
+``end_failed_job`` after pystematic has logged the error: end a failed rank's process
+``finish``        last: restore what the run changed, raise what clean-up could not do
+"""
+import logging
+import os
+import signal
+import threading
+from typing import Optional
+
+from . import _rundir, _session
+from .errors import LaunchError
+
+logger = logging.getLogger("pystematic.torch")
+
+__all__ = ["LaunchError"]
+
+_teardown_error: Optional[BaseException] = None
+_launch_warnings: list = []
+_sigchld_handler = None
+
+
+def prepare(experiment, params) -> None:
+    """Before pystematic creates the run directory.
+
+    Raises:
+        LaunchError: the run cannot start as configured; nothing was created.
+    """
+    import pystematic.core
+
+    _rundir.install(pystematic.core.app)
+    try:
+        if params["distributed"]:
+            from .distributed import _job
+
+            _job.prepare(params)
+        else:
+            from .distributed._launch import check_not_distributed
+
+            _launch_warnings[:] = check_not_distributed(params, os.environ)
+    except BaseException as error:
+        _abandon_launch(error, params)
+        raise
+
+
+def setup(experiment, params) -> None:
+    """Once the run directory exists: start the session, the stop signals and the job.
+
+    Raises:
+        LaunchError: a rank failed or did not arrive before the job formed; the run's
+            teardown has run and logged it.
+    """
+    from .distributed import _preemption
+
+    _session.start(params)
+    for warning in _launch_warnings:
+        logger.warning(warning)
+    _launch_warnings.clear()
+    _preemption.install()
+    if params["distributed"]:
+        from .distributed import _job
+
+        try:
+            _job.start(params)
+        except BaseException as error:
+            _job.abandon()
+            import pystematic.core
+
+            # pystematic runs its after-experiment hooks only for errors of the experiment
+            # itself; these close the log, stop the session and forget the experiment.
+            pystematic.core.app.after_experiment(error)
+            if isinstance(error, LaunchError):
+                error.logged = True
+                error.debug = params["debug"]
+            raise
+
+
+def teardown(error: Optional[BaseException]) -> None:
+    """The experiment ended: save a preempted Context, flush, leave the job."""
+    global _teardown_error, _sigchld_handler
+    from .distributed import _job, _preemption
+
+    _teardown_error = None
+    if threading.current_thread() is threading.main_thread():
+        # pystematic kills leftover children next, DataLoader workers among them; torch's
+        # SIGCHLD handler would report each as a failure of the run.
+        _sigchld_handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _job.notify(error)
+    how = _outcome_of(error)
+    try:
+        if how == _session.PREEMPTED:
+            _save_preempted_context(error)
+    except Exception as failure:  # noqa: BLE001 - the run must still flush and end
+        logger.error("Saving the preempted run failed: %s", failure)
+        _teardown_error = failure
+    try:
+        _session.end(how)
+    except _session.TeardownError as failure:
+        # Raised in finish(), after pystematic's own teardown: raising here would skip the
+        # closing of the log file.
+        logger.error("%s", failure)
+        _teardown_error = _teardown_error or failure
+    _preemption.uninstall()
+    _job.finish(error)
+
+
+def end_failed_job(error: Optional[BaseException]) -> None:
+    from .distributed import _job
+
+    _job.fail(error)
+
+
+def finish(error: Optional[BaseException]) -> None:
+    """Make a failed clean-up (a recorder that could not write its files) fail the run.
+
+    The last after-experiment hook: pystematic forgets the running experiment only after
+    every hook returned, so it is forgotten here first, or the next run in this process
+    would be refused as "already running".
+    """
+    global _teardown_error, _sigchld_handler
+    if _sigchld_handler is not None:
+        signal.signal(signal.SIGCHLD, _sigchld_handler)
+        _sigchld_handler = None
+    failure, _teardown_error = _teardown_error, None
+    if failure is None:
+        return
+    _forget_running_experiment()
+    raise failure
+
+
+def quiet_standard_error_for_preemption() -> None:
+    """Let pystematic log a preempted run's end as what it is, not as an error."""
+    logging.getLogger("pystematic.standard").addFilter(_PreemptionIsNotAnError())
+
+
+class _PreemptionIsNotAnError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .distributed._preemption import Preempted
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, Preempted):
+            record.msg = str(record.msg).split(" with an error")[0] + f" (preempted by "\
+                f"{error.signal_name}, exit code {error.code})."
+            record.args, record.exc_info = (), None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _outcome_of(error: Optional[BaseException]) -> str:
+    from .distributed._preemption import Preempted
+
+    if error is None:
+        return _session.SUCCESS
+    if isinstance(error, Preempted):
+        return _session.PREEMPTED
+    if isinstance(error, KeyboardInterrupt):
+        return _session.INTERRUPTED
+    return _session.FAILURE
+
+
+def _save_preempted_context(error) -> None:
+    from .checkpoint import save_checkpoint
+
+    loader = getattr(error, "loader", None)
+    holders = [context for context in _session.contexts() if context._holds(loader)]
+    if not holders:
+        logger.warning("Preempted, but no Context holds the loader that stopped: nothing saved.")
+        return
+    path = save_checkpoint(holders[0].state_dict(), id="preempted", overwrite=True)
+    logger.warning(
+        "Preempted by %s in epoch %d after batch %d: saved %s. Resume with --checkpoint "
+        "<this run's directory>; exiting with code %d.",
+        error.signal_name, loader.epoch, loader._position, path, error.code,
+    )  # fmt: skip
+
+
+def _abandon_launch(error: BaseException, params) -> None:
+    from .distributed import _job
+
+    _job.abandon()
+    _forget_running_experiment()
+    if isinstance(error, LaunchError):
+        error.debug = params["debug"]
+
+
+def _forget_running_experiment() -> None:
+    # pystematic marks an experiment as running before its before-experiment hooks and
+    # forgets it only after its after-experiment hooks; a hook that fails in between would
+    # leave every later run in this process refused as "already running".
+    import pystematic.core
+
+    pystematic.core.app._active_experiment = None
+

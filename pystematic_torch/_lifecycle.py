@@ -136,21 +136,31 @@ def finish(error: Optional[BaseException]) -> None:
     raise failure
 
 
-def quiet_standard_error_for_preemption() -> None:
-    """Let pystematic log a preempted run's end as what it is, not as an error."""
-    logging.getLogger("pystematic.standard").addFilter(_PreemptionIsNotAnError())
+def describe_endings_plainly() -> None:
+    """Have pystematic's "Experiment ended ... with an error" line say what really happened.
+
+    A preempted run did not fail; a rank stopped because another failed should name that
+    failure, not the broken connection it saw (its traceback stays in the log file).
+    """
+    logging.getLogger("pystematic.standard").addFilter(_PlainEnding())
 
 
-class _PreemptionIsNotAnError(logging.Filter):
+class _PlainEnding(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        from .distributed import _job
         from .distributed._preemption import Preempted
 
         error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            return True
+        ended = str(record.msg).split(" with an error")[0]
         if isinstance(error, Preempted):
-            record.msg = str(record.msg).split(" with an error")[0] + f" (preempted by "\
-                f"{error.signal_name}, exit code {error.code})."
+            record.msg = f"{ended} (preempted by {error.signal_name}, exit code {error.code})."
             record.args, record.exc_info = (), None
             record.levelno, record.levelname = logging.INFO, "INFO"
+        elif _job.echo_of(error) is not None:
+            record.msg = f"{ended}: stopped because {_job.echo_of(error)}."
+            record.args = ()
         return True
 
 

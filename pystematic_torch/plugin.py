@@ -40,7 +40,7 @@ class TorchPlugin:
                           _lifecycle.finish)  # fmt: skip
         for offset, hook in enumerate(after_standard):
             app.on_after_experiment(hook, priority=_AFTER_STANDARD_TEARDOWN_PRIORITY + offset)
-        _lifecycle.quiet_standard_error_for_preemption()
+        _lifecycle.describe_endings_plainly()
 
         # The package resolves its public names lazily, so this does not import torch.
         import pystematic_torch
@@ -62,7 +62,7 @@ class TorchPlugin:
 
 
 def _one_line_launch_errors(cli):
-    """Wrap ``experiment.cli`` so that a launch error is one line on stderr, not a traceback.
+    """Wrap ``experiment.cli``: a launch error or Ctrl-C is one line on stderr, not a traceback.
 
     A wrong port, too few GPUs or an inconsistent torchrun environment is a mistake in the
     command, like a bad flag, which pystematic reports in one line too; ``--debug`` shows
@@ -79,6 +79,11 @@ def _one_line_launch_errors(cli):
             if not getattr(error, "logged", False):
                 sys.stderr.write(f"Error: {error}\n")
             sys.exit(1)
+        except KeyboardInterrupt:
+            # Ctrl-C is the user's own request: what was recorded is flushed by then, and a
+            # traceback of wherever the loop happened to be says nothing.
+            sys.stderr.write("Interrupted.\n")
+            sys.exit(130)
 
     return run_from_command_line
 

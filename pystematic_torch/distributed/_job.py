@@ -37,6 +37,10 @@ from ._supervise import (
 logger = logging.getLogger("pystematic.torch.launch")
 
 RANKS_FILE = "ranks.json"
+# A collective broken by a dead peer can fail before the monitor has seen the death: how
+# long to look for that cause before reporting the broken collective as the failure.
+LOST_PEER_SECONDS = 3.0
+_LOST_PEER_SIGNS = ("closed by peer", "reset by peer", "gloo/transport", "NCCL")
 
 
 @dataclasses.dataclass
@@ -190,9 +194,29 @@ def notify(error: Optional[BaseException]) -> None:
     if isinstance(error, JobFailed) and job.supervisor.failure is not None:
         return  # the monitor already knows why, and has said so
     code = 130 if isinstance(error, KeyboardInterrupt) else 1
+    if _lost_a_peer(error) and job.supervisor.find_cause(LOST_PEER_SECONDS):
+        return  # the echo of another rank's failure, which the monitor has now found
     reason = (f"rank {job.info.rank} was interrupted (SIGINT)" if code == 130
               else f"rank {job.info.rank} raised {type(error).__name__}: {error}")  # fmt: skip
     job.origin = job.supervisor.claim_failure(reason, code)
+
+
+def _lost_a_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective broken by a peer that went away."""
+    import torch.distributed as dist
+
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(sign in text for sign in _LOST_PEER_SIGNS)
+
+
+def echo_of(error: BaseException) -> Optional[str]:
+    """The failure elsewhere that ``error`` only echoes (a broken collective, JobFailed)."""
+    job = _job
+    if job is None or job.origin or job.supervisor is None or job.supervisor.failure is None:
+        return None
+    return job.supervisor.failure[0]
 
 
 def finish(error: Optional[BaseException]) -> None:

@@ -120,6 +120,20 @@ class Supervisor:
         """The main thread has reached the experiment's teardown: the monitor stands back."""
         self._main_ending.set()
 
+    def find_cause(self, seconds: float) -> bool:
+        """Look (for up to ``seconds``) for a failure elsewhere that explains this rank's
+        broken collective; record it and return True when found."""
+        deadline = time.monotonic() + seconds
+        while True:
+            reason, code = self._look()
+            if reason is not None:
+                first, standing = self.rendezvous.report_failure(reason)
+                self.failure = self.failure or (standing, code)
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(self.poll_seconds / 5)
+
     def claim_failure(self, reason: str, code: int) -> bool:
         """Record that this rank failed; returns whether it is the first failure of the job
         (else it is the echo of another rank's, e.g. a collective broken by a dead peer)."""

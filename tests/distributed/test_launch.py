@@ -4,14 +4,12 @@ import pathlib
 import re
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 
-import psutil
 import pytest
 
+from tests.support.jobs import Job, assert_all_gone, family, job_args
 from tests.support.ranks import free_port
 
 JOB = pathlib.Path(__file__).parent / "jobs" / "ddp_job.py"
@@ -20,81 +18,13 @@ EXAMPLES = pathlib.Path(__file__).parents[2] / "examples"
 DONE = r"DONE rank=(\d) world=2 checksum=(-?\d+\.\d{10})"
 
 
-class Job:
-    """A command running in the background whose output lines are collected as they come."""
-
-    def __init__(self, args, cwd, env=None):
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            args, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        self.lines = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self):
-        return "\n".join(self.lines)
-
-    def wait_for(self, pattern, count=1, timeout=90):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(re.findall(pattern, self.output)) >= count:
-                return
-            if self.process.poll() is not None:
-                self._reader.join(timeout=5)
-                if len(re.findall(pattern, self.output)) >= count:
-                    return
-                raise AssertionError(f"exited before {pattern!r}:\n{self.output}")
-            time.sleep(0.1)
-        self.process.kill()
-        raise AssertionError(f"timed out waiting for {pattern!r}:\n{self.output}")
-
-    def finish(self, timeout=120):
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise AssertionError(f"did not end within {timeout} s:\n{self.output}") from None
-        self._reader.join(timeout=5)
-        return code, time.monotonic() - self.started
-
-
-def job_args(*args, script=JOB, output):
-    return [sys.executable, str(script), "--output-dir", str(output), "--no-cuda", *args]
-
-
-def alive(processes):
-    survivors = []
-    for process in processes:
-        try:
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                survivors.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return survivors
-
-
-def assert_all_gone(processes, within=15):
-    deadline = time.monotonic() + within
-    while alive(processes) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(processes), alive(processes)
-
-
-def family(job):
-    root = psutil.Process(job.process.pid)
-    return [root, *root.children(recursive=True)]
+def launch_args(*args, script=JOB, output):
+    return job_args(*args, script=script, output=output)
 
 
 @pytest.mark.timeout(150)
 def test_local_launch_trains_on_two_ranks_and_ends_cleanly(tmp_path):
-    job = Job(job_args("--distributed", "--nproc_per_node", "2", output=tmp_path), tmp_path)
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", output=tmp_path), tmp_path)
     code, _ = job.finish()
     assert code == 0, job.output
     done = dict(re.findall(DONE, job.output))
@@ -107,7 +37,7 @@ def test_local_launch_trains_on_two_ranks_and_ends_cleanly(tmp_path):
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("failing_rank", [1, 0])
 def test_a_rank_that_raises_ends_the_whole_job_with_one_traceback(tmp_path, failing_rank):
-    args = job_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
+    args = launch_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
                     "--fail-rank", str(failing_rank), output=tmp_path)  # fmt: skip
     job = Job(args, tmp_path)
     job.wait_for(r"READY rank=\d", count=2)
@@ -124,7 +54,7 @@ def test_a_rank_that_raises_ends_the_whole_job_with_one_traceback(tmp_path, fail
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("victim", ["child", "main"])
 def test_a_killed_rank_ends_the_whole_job(tmp_path, victim):
-    job = Job(job_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
                        output=tmp_path), tmp_path)  # fmt: skip
     job.wait_for(r"READY rank=\d", count=2)
     processes = family(job)
@@ -139,7 +69,7 @@ def test_a_killed_rank_ends_the_whole_job(tmp_path, victim):
 
 @pytest.mark.timeout(150)
 def test_sigint_to_the_main_process_ends_every_rank(tmp_path):
-    job = Job(job_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
                        output=tmp_path), tmp_path)  # fmt: skip
     job.wait_for(r"READY rank=\d", count=2)
     processes = family(job)
@@ -152,8 +82,8 @@ def test_sigint_to_the_main_process_ends_every_rank(tmp_path):
 @pytest.mark.timeout(150)
 def test_two_runs_at_once_on_default_ports_both_start(tmp_path):
     args = ("--distributed", "--nproc_per_node", "2")
-    first = Job(job_args(*args, output=tmp_path / "a"), tmp_path)
-    second = Job(job_args(*args, output=tmp_path / "b"), tmp_path)
+    first = Job(launch_args(*args, output=tmp_path / "a"), tmp_path)
+    second = Job(launch_args(*args, output=tmp_path / "b"), tmp_path)
     for job in (first, second):
         code, _ = job.finish()
         assert code == 0, job.output
@@ -166,7 +96,7 @@ def test_a_taken_master_port_is_a_clear_error(tmp_path):
         blocker.bind(("", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        job = Job(job_args("--distributed", "--nproc_per_node", "2", "--master_port", str(port),
+        job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--master_port", str(port),
                            output=tmp_path), tmp_path)  # fmt: skip
         code, _ = job.finish()
     assert code != 0
@@ -177,7 +107,7 @@ def test_a_taken_master_port_is_a_clear_error(tmp_path):
 def test_two_nodes_on_one_machine_form_one_world(tmp_path):
     port = str(free_port())
     nodes = [
-        Job(job_args("--distributed", "--nnodes", "2", "--node_rank", str(node),
+        Job(launch_args("--distributed", "--nnodes", "2", "--node_rank", str(node),
                      "--nproc_per_node", "1", "--master_port", port,
                      output=tmp_path / f"node{node}"), tmp_path)  # fmt: skip
         for node in (0, 1)
@@ -207,7 +137,7 @@ def test_torchrun_starts_the_ranks_and_we_spawn_none(tmp_path):
 def test_a_slurm_job_step_takes_its_ranks_from_the_environment(tmp_path):
     port = str(free_port())
     tasks = [
-        Job(job_args("--distributed", output=tmp_path / f"task{task}"), tmp_path, env={
+        Job(launch_args("--distributed", output=tmp_path / f"task{task}"), tmp_path, env={
             "SLURM_PROCID": str(task), "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": str(task),
             "SLURM_NODELIST": "localhost", "MASTER_PORT": port,
         })  # fmt: skip
@@ -221,7 +151,7 @@ def test_a_slurm_job_step_takes_its_ranks_from_the_environment(tmp_path):
 
 @pytest.mark.timeout(150)
 def test_sigterm_lets_every_rank_stop_after_the_same_step_and_save(tmp_path):
-    args = job_args("--distributed", "--nproc_per_node", "2", "--step-delay", "0.05",
+    args = launch_args("--distributed", "--nproc_per_node", "2", "--step-delay", "0.05",
                     script=EXAMPLES / "ddp.py", output=tmp_path)  # fmt: skip
     job = Job(args, tmp_path)
     job.wait_for(r"epoch 1: loss")

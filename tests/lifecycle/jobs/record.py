@@ -1,0 +1,75 @@
+"""A training run that records a lot, for the failure-path tests.
+
+Every step records one ``train/step`` scalar (its value is the step) plus ``--backlog``
+filler scalars, so the recorder's queue holds a backlog when the run ends, and appends one
+row to a per-rank HDF5Writer. After a step's values are handed over it prints
+``STEP rank=R step=S``; the tests compare what is on disk afterwards with those lines.
+
+--event raise: rank --fail-rank raises at step --at. --event teardown: a recorder backend
+fails when it is closed. --checkpoint-every N saves the Context every N steps and prints
+``SAVED step=S``.
+"""
+import os
+
+import pystematic
+import torch
+from torch import nn
+
+import pystematic_torch as pt
+
+
+class BrokenDisk(pt.RecorderBackend):
+    name = "broken-disk"
+
+    def close(self):
+        raise OSError(28, "No space left on device")
+
+
+@pystematic.parameter(name="event", type=str, default="none")
+@pystematic.parameter(name="fail_rank", type=int, default=0)
+@pystematic.parameter(name="at", type=int, default=5)
+@pystematic.parameter(name="steps", type=int, default=10**6)
+@pystematic.parameter(name="backlog", type=int, default=200)
+@pystematic.parameter(name="checkpoint_every", type=int, default=0)
+@pystematic.experiment
+def record_job(params):
+    torch.manual_seed(0)
+    rank = pt.get_rank() if pt.is_distributed() else 0
+    ctx = pt.Context()
+    backends = [BrokenDisk()] if params["event"] == "teardown" else []
+    ctx.recorder = pt.Recorder(hdf5=True, backends=backends, flush_secs=3600)
+    ctx.model = nn.Linear(4, 1)
+    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.01)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    ctx.loader = pt.SmartDataLoader(data, batch_size=4, shuffle=True, loading_bar=False,
+                                    num_workers=1, persistent_workers=True)  # fmt: skip
+    ctx.autotransform()
+    rows = pt.HDF5Writer(os.path.join(str(pystematic.output_dir), "rows.h5"))
+    print(f"READY rank={rank} pid={os.getpid()}", flush=True)
+    step = 0
+    while step < params["steps"]:
+        for x, y in ctx.loader:
+            loss = nn.functional.mse_loss(ctx.model(x), y)
+            ctx.optimizer.zero_grad()
+            loss.backward()
+            ctx.optimizer.step()
+            if params["event"] == "raise" and rank == params["fail_rank"] and step == params["at"]:
+                raise ValueError(f"deliberate failure on rank {rank} at step {step}")
+            ctx.recorder.scalar("train/step", step)
+            for index in range(params["backlog"]):
+                ctx.recorder.scalar(f"filler/{index % 10}", float(index))
+            ctx.recorder.step()
+            rows.append(step=[step], rank=[rank])
+            print(f"STEP rank={rank} step={step}", flush=True)
+            step += 1
+            every = params["checkpoint_every"]
+            if every and step % every == 0:
+                pt.save_checkpoint(ctx.state_dict(), id=step, overwrite=True)
+                print(f"SAVED step={step - 1}", flush=True)
+            if step >= params["steps"]:
+                break
+    print(f"DONE rank={rank}", flush=True)
+
+
+if __name__ == "__main__":
+    record_job.cli()

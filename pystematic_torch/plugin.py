@@ -5,7 +5,7 @@ pystematic loads this through the ``pystematic.plugins`` entry point and calls
 """
 import logging
 
-from . import _session
+from . import _run_record, _session
 from .params import default_parameters, validate_parameters
 
 logger = logging.getLogger("pystematic.torch")
@@ -57,6 +57,7 @@ class TorchPlugin:
             from .distributed import _job
 
             _job.start(params)
+        _run_record.start(experiment, params)
 
     @staticmethod
     def _teardown(error) -> None:

@@ -11,7 +11,7 @@ _MAX_VALUE_CHARS = 60
 
 @click.command("inspect", short_help="Show what a checkpoint holds.")
 @click.argument("checkpoint", type=click.Path(path_type=pathlib.Path))
-@click.option("--depth", default=3, show_default=True, type=click.IntRange(min=1),
+@click.option("--depth", default=4, show_default=True, type=click.IntRange(min=1),
               help="Levels of nesting to list; deeper containers are summarised.")
 def inspect_command(checkpoint: pathlib.Path, depth: int) -> None:
     """Show what CHECKPOINT holds: items, tensors (dtype, shape, size), plain values, and
@@ -122,7 +122,9 @@ def _describe(name: str, value: Any, level: int, depth: int, rows: list) -> None
     elif isinstance(value, (dict, list, tuple)):
         count, total = _tensor_totals(value)
         tensors = f"; {count} tensor(s), {_size(total)}" if count else ""
-        rows.append((indent + name, type(value).__name__, f"{len(value)} entries{tensors}"))
+        kind = "dict" if isinstance(value, dict) else type(value).__name__  # OrderedDict too
+        entries = "1 entry" if len(value) == 1 else f"{len(value)} entries"
+        rows.append((indent + name, kind, entries + tensors))
         if level < depth:
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:

@@ -49,8 +49,8 @@ def show_runs(runs: List[Run], root: pathlib.Path, metrics: Sequence[str] = (),
             run.started.strftime("%Y-%m-%d %H:%M:%S") if run.started else "-",
             run.status,
             format_duration(run.duration_s),
-            *(_text(run.params.get(name, "-")) for name in names),
-            *(_text(found[tag]) for tag in metrics),
+            *(str(run.params.get(name, "-")) for name in names),
+            *(_metric_text(found[tag]) for tag in metrics),
         ])  # fmt: skip
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     for row in rows:
@@ -86,9 +86,5 @@ def _relative(path: pathlib.Path, root: pathlib.Path) -> str:
     return str(relative) if str(relative) != "." else path.name
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+def _metric_text(value: Any) -> str:
+    return "-" if value is None else f"{value:.6g}"

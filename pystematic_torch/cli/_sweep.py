@@ -118,11 +118,18 @@ def _load_experiment(path: pathlib.Path, name: Optional[str]) -> Any:
 
 
 def _show_progress() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    """Print the sweep's progress lines on stderr (once, however often the command runs)."""
     logger = logging.getLogger("pystematic.torch.sweep")
-    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    if not any(isinstance(handler, _Progress) for handler in logger.handlers):
+        logger.addHandler(_Progress())
+
+
+class _Progress(logging.Handler):
+    """Writes to whatever stderr is when a line comes (click's test runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(record.getMessage(), err=True)
 
 
 def _show_table(results: Sequence[Any], metrics: Sequence[str]) -> None:

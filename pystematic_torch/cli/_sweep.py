@@ -45,7 +45,7 @@ def sweep_command(exp_file: pathlib.Path, grid: Sequence[str], max_processes: in
     import pystematic
 
     from ..errors import DeviceError, ParameterError
-    from ..sweep import SweepError, run_parameter_sweep
+    from ..sweep import NOT_STARTED, SweepError, run_parameter_sweep
 
     if output_dir is not None:
         values["output_dir"] = [str(output_dir)]
@@ -59,7 +59,11 @@ def sweep_command(exp_file: pathlib.Path, grid: Sequence[str], max_processes: in
     except (ParameterError, DeviceError, SweepError) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt as interrupt:
-        _show_table(getattr(interrupt, "results", []), metrics)
+        results = getattr(interrupt, "results", [])
+        _show_table(results, metrics)
+        never = sum(result.status == NOT_STARTED for result in results)
+        if never:
+            click.echo(f"{never} run{'s were' if never > 1 else ' was'} not started.", err=True)
         click.echo("Interrupted: every run has been stopped.", err=True)
         sys.exit(INTERRUPTED_EXIT_CODE)
     _show_table(results, metrics)

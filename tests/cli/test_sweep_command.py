@@ -67,3 +67,13 @@ def test_the_installed_command_refuses_bad_input_for_real(tmp_path):
     assert result.returncode == 1 and result.stdout == ""
     assert "could not convert string to float: 'high'" in one_error_line(result.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_more_gpus_per_run_than_present_is_one_clear_line(tmp_path, monkeypatch):
+    from pystematic_torch.sweep import _gpus
+
+    monkeypatch.setattr(_gpus, "inventory", lambda: [_gpus.Gpu("0", "GPU-a")])
+    code, output = invoke("sweep", JOB, "--gpus-per-run", 2, "--output-dir", tmp_path / "out")
+    assert code == 1
+    assert "needs 2 GPU(s) but this process may use 1 (GPUs: 0)" in one_error_line(output)
+    assert not (tmp_path / "out").exists()

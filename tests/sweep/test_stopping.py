@@ -42,8 +42,10 @@ def _key(run_dir):
 
 @pytest.mark.timeout(180)
 def test_ctrl_c_stops_every_member_and_leaves_no_process_behind(tmp_path):
-    job = start_sweep(tmp_path, "mode=hang,ignore_sigint")
+    # Four runs, two at a time: two are running when Ctrl-C comes, two never start.
+    job = start_sweep(tmp_path, "value=1,2", "mode=hang,ignore_sigint")
     _, members = members_ready(job, 2)
+    assert len(members) == 3  # the two runs, and the process one of them started
     interrupted_at = time.monotonic()
     job.process.send_signal(signal.SIGINT)
     code, _ = job.finish(timeout=90)
@@ -56,7 +58,10 @@ def test_ctrl_c_stops_every_member_and_leaves_no_process_behind(tmp_path):
     ended = {mode: (record["status"], record["exit_code"])
              for (mode, _), (record, _) in records(tmp_path).items()}  # fmt: skip
     assert ended == {"hang": ("interrupted", 130), "ignore_sigint": ("interrupted", -9)}
-    assert job.output.count("interrupted") >= 2 and "every run has been stopped" in job.output
+    table_rows = re.findall(r"^sweep-job\s+\S+\s+\S+ \S+\s+interrupted\s", job.output, re.M)
+    assert len(table_rows) == 2, job.output
+    assert "2 runs were not started." in job.output
+    assert "Interrupted: every run has been stopped." in job.output
 
 
 @pytest.mark.timeout(180)

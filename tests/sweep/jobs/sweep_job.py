@@ -3,7 +3,8 @@
 ok: record "train/loss" = value * step and "val/score" = value for --steps steps. raise,
 exit (os._exit(3)), kill (SIGKILL itself), exit143 (sys.exit(143)), keyboard (raise
 KeyboardInterrupt), preempt (end the session as preempted), hang (print READY, wait),
-ignore_sigint (hang, ignoring SIGINT), sigterm (hang until SIGTERM, then exit 143).
+ignore_sigint (hang, ignoring SIGINT, with a
+child process that ignores it too), sigterm (hang until SIGTERM, then exit 143).
 With --report DIR each process writes DIR/<value>-<rank>.json: its pid, environment and
 parameters. Runs the same under --distributed.
 """
@@ -11,6 +12,7 @@ import json
 import os
 import pathlib
 import signal
+import subprocess
 import sys
 import time
 
@@ -62,6 +64,11 @@ def _hang(mode, rank, params):
     terms = []
     if mode == "ignore_sigint":
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A process of its own that also ignores SIGINT, outside its process group: only
+        # killing the whole process tree ends it.
+        subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal("
+                          "signal.SIGINT, signal.SIG_IGN); time.sleep(120)"],
+                         start_new_session=True)  # fmt: skip
     if mode == "sigterm":
         signal.signal(signal.SIGTERM, lambda signum, frame: terms.append(signum))
     print(f"READY value={params['value']:g} rank={rank} pid={os.getpid()}", flush=True)

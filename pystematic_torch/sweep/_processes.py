@@ -81,6 +81,8 @@ class Member:
     def collect(self) -> int:
         """After the process ended: read its reports, clean up what it left, close pipes."""
         exit_code = self.process.wait()
+        if self._report_fd is None:
+            return exit_code  # collected already (a Ctrl-C came in between)
         self.ended = time.monotonic()
         self._read_reports()
         _kill_group(self.pid)  # stragglers it left in its own group (forked workers)

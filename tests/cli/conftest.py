@@ -51,6 +51,13 @@ def invoke(*args):
     return result.exit_code, result.output
 
 
+def refused(*args):
+    """Run the command through click's runner, expecting it to refuse: its one error line."""
+    code, output = invoke(*args)
+    assert code == 1, output
+    return one_error_line(output)
+
+
 def run_command(*args, timeout=120, **kwargs):
     """Run the installed `pystematic-torch` console script for real."""
     return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True,
@@ -63,3 +70,9 @@ def one_error_line(text):
     lines = text.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), text
     return lines[0]
+
+
+def write(path, text):
+    """Write ``text`` to ``path`` and return the path (for parametrized inputs)."""
+    path.write_text(text)
+    return path

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import pystematic_torch
-from tests.cli.conftest import invoke, one_error_line, run_command
+from tests.cli.conftest import invoke, one_error_line, refused, run_command, write
 
 METADATA = {"version": "9.9.9", "params": {"lr": 0.1, "batch_size": 32}, "world_size": 2,
             "sequence": 3, "kind": "context", "saved_at": "2026-12-02T10:00:00+00:00"}  # fmt: skip
@@ -96,13 +96,11 @@ def make_unsafe(path):
     (lambda tmp: make_unsafe(tmp / "unsafe.pt"), "holds Python objects that "
      "torch.load(weights_only=True) refuses to create (Unsupported global: GLOBAL "
      "tests.cli.test_inspect.Opaque); inspect opens only checkpoints that need no code"),
-    (lambda tmp: (tmp / "notes.txt", (tmp / "notes.txt").write_text("hello"))[0],
+    (lambda tmp: write(tmp / "notes.txt", "hello"),
      "is not a checkpoint written by torch.save (neither a zip archive nor a pickle)"),
 ])  # fmt: skip
 def test_unreadable_input_is_one_clear_line(tmp_path, make, message):
-    code, output = invoke("inspect", make(tmp_path))
-    assert code == 1
-    assert message in one_error_line(output)
+    assert message in refused("inspect", make(tmp_path))
 
 
 @pytest.mark.timeout(120)

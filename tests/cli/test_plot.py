@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from pystematic_torch.cli import _discover, _plot
-from tests.cli.conftest import invoke, one_error_line, run_command
+from tests.cli.conftest import invoke, one_error_line, refused, run_command
 
 
 def finished_runs(recorded):
@@ -59,10 +59,8 @@ def test_tensorboard_files_are_read_when_there_is_no_csv(tensorboard_only, tmp_p
 
 
 def test_an_unknown_tag_lists_the_tags_that_exist(recorded, tmp_path):
-    code, output = invoke("plot", recorded, "--tag", "train/los", "-o", tmp_path / "p.png")
-    assert code == 1
-    assert one_error_line(output) == ("Error: Unknown tag 'train/los'; the runs recorded: "
-                                      "train/loss, val/score.")  # fmt: skip
+    line = refused("plot", recorded, "--tag", "train/los", "-o", tmp_path / "p.png")
+    assert line == "Error: Unknown tag 'train/los'; the runs recorded: train/loss, val/score."
     assert not (tmp_path / "p.png").exists()
 
 
@@ -78,9 +76,7 @@ def test_bad_input_is_one_clear_line(recorded, tmp_path, args, message):
     (empty / "parameters.yaml").write_text("value: 1\n")
     places = {"missing": tmp_path / "missing", "empty": empty, "tmp": tmp_path,
               "run": finished_runs(recorded)[0]}  # fmt: skip
-    code, output = invoke("plot", *(arg.format(**places) for arg in args))
-    assert code == 1
-    assert message in one_error_line(output)
+    assert message in refused("plot", *(arg.format(**places) for arg in args))
 
 
 @pytest.mark.timeout(120)

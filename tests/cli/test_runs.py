@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.cli.conftest import invoke, one_error_line, run_command
+from tests.cli.conftest import invoke, one_error_line, refused, run_command, write
 
 
 def rows(output):
@@ -71,13 +71,10 @@ def test_runs_without_a_record_show_as_unknown_with_the_time_from_their_name(tmp
     (lambda path: path / "missing", "missing does not exist; give a run directory or an "
                                     "output directory."),
     (lambda path: path, "No runs found under"),
-    (lambda path: (path / "file.txt", (path / "file.txt").write_text(""))[0], "is not a "
-                                                                            "directory"),
+    (lambda path: write(path / "file.txt", ""), "file.txt is not a directory"),
 ])  # fmt: skip
 def test_bad_input_is_one_clear_line(tmp_path, make, message):
-    code, output = invoke("runs", make(tmp_path))
-    assert code == 1
-    assert message in one_error_line(output)
+    assert message in refused("runs", make(tmp_path))
 
 
 @pytest.mark.timeout(120)

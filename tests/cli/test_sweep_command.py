@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.cli.conftest import invoke, one_error_line, run_command
+from tests.cli.conftest import invoke, one_error_line, refused, run_command, write
 
 JOB = pathlib.Path(__file__).parents[1] / "sweep" / "jobs" / "sweep_job.py"
 
@@ -33,11 +33,6 @@ def test_through_clicks_runner_a_finished_sweep_exits_0(tmp_path):
     assert re.search(r"sweep-job\s+\S+\s+\S+ \S+\s+finished", output), output
 
 
-def write(path, text):
-    path.write_text(text)
-    return path
-
-
 @pytest.mark.parametrize("make, args, message", [
     (lambda tmp: tmp / "missing.py", [], "missing.py does not exist; give the Python file"),
     (lambda tmp: JOB, ["--grid", "value"], "--grid 'value' is not NAME=VALUE[,VALUE...]"),
@@ -55,9 +50,7 @@ def write(path, text):
 ])  # fmt: skip
 def test_bad_input_is_one_clear_line_and_starts_nothing(tmp_path, make, args, message):
     output_dir = tmp_path / "output"
-    code, output = invoke("sweep", make(tmp_path), *args, "--output-dir", output_dir)
-    assert code == 1
-    assert message in one_error_line(output)
+    assert message in refused("sweep", make(tmp_path), *args, "--output-dir", output_dir)
     assert not output_dir.exists()
 
 
@@ -73,7 +66,6 @@ def test_more_gpus_per_run_than_present_is_one_clear_line(tmp_path, monkeypatch)
     from pystematic_torch.sweep import _gpus
 
     monkeypatch.setattr(_gpus, "inventory", lambda: [_gpus.Gpu("0", "GPU-a")])
-    code, output = invoke("sweep", JOB, "--gpus-per-run", 2, "--output-dir", tmp_path / "out")
-    assert code == 1
-    assert "needs 2 GPU(s) but this process may use 1 (GPUs: 0)" in one_error_line(output)
+    line = refused("sweep", JOB, "--gpus-per-run", 2, "--output-dir", tmp_path / "out")
+    assert "needs 2 GPU(s) but this process may use 1 (GPUs: 0)" in line
     assert not (tmp_path / "out").exists()

@@ -142,13 +142,13 @@ def run_parameter_sweep(
     with _SigtermStops() as terminated:
         try:
             scheduler.run()
-        except KeyboardInterrupt:
-            scheduler.stop(signal.SIGINT, forward=True)
-            raise SweepInterrupted(scheduler.results()) from None
         except _Terminated:
             terminated.append(signal.SIGTERM)
             scheduler.stop(signal.SIGTERM, forward="SLURM_JOB_ID" not in os.environ)
             return scheduler.results()
+        except KeyboardInterrupt:
+            scheduler.stop(signal.SIGINT, forward=True)
+            raise SweepInterrupted(scheduler.results()) from None
         except BaseException:
             scheduler.stop(signal.SIGINT, forward=True)  # leave no process behind
             raise
@@ -159,8 +159,9 @@ def run_parameter_sweep(
     return results
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived while the sweep was waiting."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A KeyboardInterrupt, so that a second one while the runs are being
+    stopped ends the wait at once, as a second Ctrl-C does."""
 
 
 class _SigtermStops:
@@ -169,20 +170,22 @@ class _SigtermStops:
 
     def __init__(self) -> None:
         self.signals: List[int] = []
+        self.installed = False
         self.previous: Any = None
 
     def __enter__(self) -> List[int]:
         if threading.current_thread() is threading.main_thread():
-            previous = signal.getsignal(signal.SIGTERM)
-            if previous is not signal.SIG_IGN:
-                self.previous = previous
+            self.previous = signal.getsignal(signal.SIGTERM)
+            if self.previous is not signal.SIG_IGN:
                 signal.signal(signal.SIGTERM, _raise_terminated)
+                self.installed = True
         return self.signals
 
     def __exit__(self, *exc_info) -> None:
-        if self.previous is None:
+        if not self.installed:
             return
-        signal.signal(signal.SIGTERM, self.previous)
+        # None: a handler installed outside Python; the default is the closest we can do.
+        signal.signal(signal.SIGTERM, self.previous or signal.SIG_DFL)
         if self.signals:
             signal.raise_signal(signal.SIGTERM)
 

@@ -1,4 +1,6 @@
 """Every command answers --help, fast: no torch, matplotlib or tensorboard is imported for it."""
+import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -6,6 +8,7 @@ import time
 
 import pytest
 
+import pystematic_torch
 from tests.cli.conftest import invoke, run_command
 
 COMMANDS = ("runs", "plot", "inspect", "sweep")
@@ -54,3 +57,13 @@ def test_the_installed_command_answers_help_quickly():
     bare = [seconds([sys.executable, "-c", "pass"]) for _ in range(3)]
     extra = statistics.median(helps) - statistics.median(bare)
     assert extra < BUDGET_SECONDS, (helps, bare)
+
+
+def test_nothing_in_the_library_imports_the_command_line():
+    package = pathlib.Path(pystematic_torch.__file__).parent
+    importers = [
+        path.relative_to(package) for path in package.rglob("*.py")
+        if "cli" not in path.relative_to(package).parts
+        and re.search(r"^\s*(from|import)\s+(pystematic_torch)?\.*cli\b", path.read_text(), re.M)
+    ]  # fmt: skip
+    assert importers == []

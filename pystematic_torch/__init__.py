@@ -47,6 +47,9 @@ _EXPORTS: Dict[str, str] = {
     "SmartDataLoader": "data",
     "HDF5Dataset": "data",
     "HDF5Writer": "data",
+    "run_parameter_sweep": "sweep",
+    "SweepResult": "sweep",
+    "SweepError": "sweep",
 }
 
 __all__: List[str] = ["__version__", *_EXPORTS]

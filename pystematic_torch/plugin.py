@@ -57,6 +57,9 @@ class TorchPlugin:
             from .distributed import _job
 
             _job.start(params)
+        from ._seeding import seed_everything
+
+        seed_everything(params["random_seed"])
 
     @staticmethod
     def _teardown(error) -> None:

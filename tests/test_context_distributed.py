@@ -223,6 +223,11 @@ def _methods_body(rank):
     except pt.DistributedError as error:
         out["late_refused"] = str(error)
     DistributedDataParallel(ctx.late)(x).sum().backward()  # wrapped by the user: fine
+    own = Context()
+    own.model = nn.Linear(4, 1)
+    own.autotransform(cuda=False, distributed=False)  # "I wrap it myself": trusted
+    own.model(x).sum().backward()
+    out["own_wrapping_trusted"] = not isinstance(own.model, DistributedDataParallel)
     return out
 
 
@@ -243,6 +248,7 @@ def test_every_public_method_of_the_model_trains_in_sync_across_ranks():
         first["late_refused"]
     )
     assert "call ctx.autotransform()" in first["late_refused"]
+    assert first["own_wrapping_trusted"]
     shadow = [line for line in first["warnings"] if "attributes of its own named" in line]
     assert len(shadow) == 2 and "dim" in shadow[0] and ".module.dim" in shadow[0]
 

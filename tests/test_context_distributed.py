@@ -228,6 +228,12 @@ def _methods_body(rank):
     own.autotransform(cuda=False, distributed=False)  # "I wrap it myself": trusted
     own.model(x).sum().backward()
     out["own_wrapping_trusted"] = not isinstance(own.model, DistributedDataParallel)
+    from torch.distributed.fsdp import fully_shard
+
+    sharded = Context()
+    sharded.model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    fully_shard(sharded.model)  # sharded by the user with FSDP2: recognised
+    sharded.model(x).sum().backward()
     return out
 
 

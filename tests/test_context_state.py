@@ -246,3 +246,41 @@ def test_a_failed_load_into_a_resumed_directory_keeps_every_recorded_row(tmp_pat
     resumed.recorder.flush()
     assert (tmp_path / "run" / "scalars.csv").read_text() == rows
     assert resumed.recorder.count == 0
+
+
+class Logged(Counter):
+    def __init__(self, log, name):
+        super().__init__()
+        self.log, self.name = log, name
+
+    def load_state_dict(self, state):
+        self.log.append(self.name)
+        super().load_state_dict(state)
+
+
+class LoggedVouching(Logged):
+    def check_state_dict(self, state):
+        pass
+
+
+def test_objects_that_vouch_for_their_state_load_last_and_not_at_all_after_a_failure():
+    log = []
+    source = Context()
+    source.vouching = LoggedVouching([], "vouching")
+    source.late = ExtraState()
+    source.late.tag = "saved"
+    source.counter = Logged([], "counter")
+    saved = source.state_dict()
+
+    ctx = Context()
+    ctx.vouching = LoggedVouching(log, "vouching")  # registered first, loaded last
+    ctx.late = ExtraState(fail=True)
+    ctx.counter = Logged(log, "counter")
+    with pytest.raises(pt.StateDictError, match="late: its load_state_dict raised"):
+        ctx.load_state_dict(saved)
+    assert log == ["counter", "counter"]  # loaded, then put back; the vouching one untouched
+
+    log.clear()
+    ctx.late.fail = False
+    ctx.load_state_dict(saved)
+    assert log == ["counter", "vouching"]

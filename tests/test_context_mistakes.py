@@ -84,3 +84,34 @@ def test_an_item_registered_after_a_non_strict_load_that_skipped_its_state_warns
         "loaded, so that state was not restored; register every item before"
     )
     assert len(messages) == 2
+
+
+def test_only_the_registered_module_is_watched_and_only_until_training_starts(caplog):
+    import copy
+    import io
+
+    from pystematic_torch import _session
+
+    _session.start({"checkpoint": "runs/old"})
+    try:
+        ctx = Context()
+        ctx.model = torch.nn.Linear(2, 2)
+        teacher = copy.deepcopy(ctx.model)  # an EMA or target network, not an item
+        buffer = io.BytesIO()
+        torch.save(ctx.model, buffer)
+        buffer.seek(0)
+        unpickled = torch.load(buffer, weights_only=False)
+        with caplog.at_level("WARNING", logger="pystematic.torch"):
+            with torch.no_grad():
+                ctx.model(torch.ones(2))  # evaluation is not training
+            teacher(torch.ones(2)).sum().backward()
+            unpickled(torch.ones(2)).sum().backward()
+            assert not caplog.records
+            ctx.model(torch.ones(2)).sum().backward()
+            ctx.model(torch.ones(2)).sum().backward()
+        assert [r.getMessage()[:40] for r in caplog.records] == [
+            "--checkpoint runs/old was given, but tra"
+        ]
+        assert not ctx.model._forward_pre_hooks  # the watch is gone: the loop pays nothing
+    finally:
+        _session.end()

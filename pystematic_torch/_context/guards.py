@@ -12,7 +12,6 @@ The watch is a forward pre-hook that removes itself at that first training forwa
 running loop pays nothing for it. Watching starts only where a mistake is possible: in a
 process group, or with ``--checkpoint`` given.
 """
-import functools
 import logging
 import sys
 from typing import Any, Dict, Optional
@@ -54,8 +53,7 @@ class Guard:
             return
         if not (is_distributed() or _checkpoint_not_loaded() is not None):
             return
-        hook = functools.partial(self._first_forward, name)
-        self._hooks[id(module)] = module.register_forward_pre_hook(hook)
+        self._hooks[id(module)] = module.register_forward_pre_hook(_Watch(self, name))
 
     def release(self, module: nn.Module) -> None:
         """Stop watching ``module``: it was wrapped, or it left the context."""
@@ -77,6 +75,35 @@ class Guard:
         _warn_if_checkpoint_not_loaded()
         # Removing a hook while torch runs the hooks is safe: it iterates over a copy.
         self.release(module)
+
+
+class _Watch:
+    """The forward pre-hook on one watched module.
+
+    A copy of the module (``copy.deepcopy`` for an EMA or a target network, or a pickled
+    module) gets an inert hook instead: it is not the registered item, and its watch could
+    never be released.
+    """
+
+    def __init__(self, guard: Guard, name: str) -> None:
+        self._guard, self._name = guard, name
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        self._guard._first_forward(self._name, module, args)
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        return _inert
+
+    def __reduce__(self) -> Any:
+        return _inert_hook, ()
+
+
+def _inert(module: nn.Module, args: Any) -> None:
+    """What a copied module's watch becomes: nothing."""
+
+
+def _inert_hook() -> Any:
+    return _inert
 
 
 def _checkpoint_not_loaded() -> Optional[Any]:

@@ -76,9 +76,7 @@ class Context:
                 name,
             )
         self._items[name] = value
-        for leaf in leaves(value):
-            if isinstance(leaf, nn.Module):
-                self._guard.watch(name, leaf)
+        self._guard.watch(name, value)
 
     def __getattr__(self, name: str) -> Any:
         items = self.__dict__.get("_items", {})
@@ -90,9 +88,7 @@ class Context:
 
     def __delattr__(self, name: str) -> None:
         if name in self._items:
-            for leaf in leaves(self._items.pop(name)):
-                if isinstance(leaf, nn.Module):
-                    self._guard.release(leaf)
+            self._guard.release(self._items.pop(name))
         else:
             object.__delattr__(self, name)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import pystematic_torch as pt
+from pystematic_torch._context.moves import leaves
 from pystematic_torch.context import Context
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -83,17 +84,6 @@ def test_the_saved_form_is_tensors_ints_floats_and_strings():
     ctx.py = random.Random(0)
     ctx.py.gauss(0, 1)  # fills gauss_next with a float
     state = ctx.state_dict()
-
-    def leaves(value):
-        if isinstance(value, dict):
-            for item in value.values():
-                yield from leaves(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                yield from leaves(item)
-        else:
-            yield value
-
     kinds = {type(leaf) for leaf in leaves(state)}
     assert kinds <= {torch.Tensor, int, float, str, type(None)}, kinds
     assert state["pcg"]["kind"] == "numpy.random.Generator"

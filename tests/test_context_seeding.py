@@ -99,3 +99,17 @@ def test_diverging_gives_each_rank_its_own_stream_from_the_shared_one(global_gen
     assert after_diverging(0) == after_diverging(0)
     assert after_diverging(0) != after_diverging(1)
     assert after_diverging(1, seed=3) != after_diverging(0, seed=4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_every_cuda_device_is_seeded(global_generators):
+    def cuda_draws():
+        return [torch.rand(3, device=f"cuda:{index}").tolist()
+                for index in range(torch.cuda.device_count())]  # fmt: skip
+
+    _seeding.seed_everything(9)
+    first = cuda_draws()
+    _seeding.seed_everything(9)
+    assert cuda_draws() == first
+    torch.cuda.manual_seed_all(9)
+    assert cuda_draws() == first

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import _session
 from ..distributed import is_distributed
 from ..errors import DistributedError
+from .moves import leaves
 
 logger = logging.getLogger("pystematic.torch")
 
@@ -45,21 +46,27 @@ class Guard:
         self._hooks: Dict[int, Any] = {}
         self.wrapping_is_users = False
 
-    def watch(self, name: str, module: nn.Module) -> None:
-        """Start watching ``module``, registered as ``name``, if a mistake is possible."""
-        if id(module) in self._hooks or isinstance(module, DistributedDataParallel):
-            return
-        if not any(param.requires_grad for param in module.parameters()):
-            return
+    def watch(self, name: str, value: Any) -> None:
+        """Watch the trainable modules in ``value``, registered as ``name``, if a mistake is
+        possible (in a process group, or with a checkpoint not loaded yet)."""
         if not (is_distributed() or _checkpoint_not_loaded() is not None):
             return
-        self._hooks[id(module)] = module.register_forward_pre_hook(_Watch(self, name))
+        for module in leaves(value):
+            if not isinstance(module, nn.Module) or isinstance(module, DistributedDataParallel):
+                continue
+            if id(module) in self._hooks:
+                continue
+            if any(param.requires_grad for param in module.parameters()):
+                self._hooks[id(module)] = module.register_forward_pre_hook(_Watch(self, name))
 
-    def release(self, module: nn.Module) -> None:
-        """Stop watching ``module``: it was wrapped, or it left the context."""
-        handle = self._hooks.pop(id(module), None)
-        if handle is not None:
-            handle.remove()
+    def release(self, value: Any) -> None:
+        """Stop watching the modules in ``value``: they were wrapped, or left the context."""
+        if not self._hooks:
+            return
+        for module in leaves(value):
+            handle = self._hooks.pop(id(module), None)
+            if handle is not None:
+                handle.remove()
 
     def _first_forward(self, name: str, module: nn.Module, args: Any) -> None:
         if not torch.is_grad_enabled():

@@ -29,8 +29,10 @@ class Context:
     """A registry of the objects that make up a training session.
 
     Anything can be assigned as an attribute: ``nn.Module``, optimizers, LR schedulers,
-    gradient scalers, :class:`SmartDataLoader`, :class:`Recorder`, tensors, plain values
-    (int, float, bool, str, None) and dicts, lists and tuples of these. Names that start
+    gradient scalers, :class:`SmartDataLoader`, :class:`Recorder`, random number generators
+    (``torch.Generator``, NumPy's ``Generator`` and ``RandomState``, ``random.Random``),
+    tensors, plain values (int, float, bool, str, None) and dicts, lists and tuples of
+    these. Names that start
     with ``_`` are private: the context stores them as ordinary attributes and never moves
     or saves them. Items keep the order in which they were first assigned.
 

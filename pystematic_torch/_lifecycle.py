@@ -16,7 +16,7 @@ import signal
 import threading
 from typing import Optional
 
-from . import _rundir, _run_record, _session
+from . import _run_record, _rundir, _session
 from .errors import LaunchError
 
 logger = logging.getLogger("pystematic.torch")
@@ -81,6 +81,9 @@ def setup(experiment, params) -> None:
                 error.logged = True
                 error.debug = params["debug"]
             raise
+    from ._seeding import seed_everything
+
+    seed_everything(params["random_seed"])
     _run_record.start(experiment, params)
 
 

@@ -6,31 +6,33 @@ training, and saves or restores all of them at once.
 """
 import logging
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
-from . import _session, _state
+from . import _seeding, _session, _state
+from ._context import guards, loading
+from ._context.moves import leaves, map_leaves, move, require_cuda
 from .checkpoint import load_checkpoint
 from .devices import DeviceLike, resolve_device
-from .distributed import get_local_rank, is_distributed
+from .distributed import get_local_rank, get_rank, is_distributed
 from .distributed._ddp import TransparentDDP
-from .errors import DeviceError, DistributedError, StateDictError
+from .errors import DistributedError
 
 __all__ = ["Context"]
 
 logger = logging.getLogger("pystematic.torch")
-
-_NO_CUDA_HINT = "run on the CPU with --no-cuda (or cuda=False), or call ctx.cpu()"
 
 
 class Context:
     """A registry of the objects that make up a training session.
 
     Anything can be assigned as an attribute: ``nn.Module``, optimizers, LR schedulers,
-    gradient scalers, :class:`SmartDataLoader`, :class:`Recorder`, tensors, plain values
-    (int, float, bool, str, None) and dicts, lists and tuples of these. Names that start
+    gradient scalers, :class:`SmartDataLoader`, :class:`Recorder`, random number generators
+    (``torch.Generator``, NumPy's ``Generator`` and ``RandomState``, ``random.Random``),
+    tensors, plain values (int, float, bool, str, None) and dicts, lists and tuples of
+    these. Names that start
     with ``_`` are private: the context stores them as ordinary attributes and never moves
     or saves them. Items keep the order in which they were first assigned.
 
@@ -52,6 +54,10 @@ class Context:
     def __init__(self) -> None:
         object.__setattr__(self, "_items", {})
         object.__setattr__(self, "_device", torch.device("cpu"))
+        object.__setattr__(self, "_guard", guards.Guard())
+        # Checkpoint entries a non-strict load found no item for; registering one later warns.
+        object.__setattr__(self, "_not_loaded", set())
+        object.__setattr__(self, "_ranks_diverged", False)
         _session.register_context(self)
 
     # -- the registry -------------------------------------------------------------------
@@ -65,7 +71,15 @@ class Context:
                 f"'{name}' is a Context method or property and cannot hold an item; "
                 "register the object under another name."
             )
+        if name in self._not_loaded:
+            logger.warning(
+                "ctx.%s was registered after a checkpoint holding a state for it was loaded, "
+                "so that state was not restored; register every item before "
+                "ctx.autotransform() or ctx.load_state_dict().",
+                name,
+            )
         self._items[name] = value
+        self._guard.watch(name, value)
 
     def __getattr__(self, name: str) -> Any:
         items = self.__dict__.get("_items", {})
@@ -77,7 +91,7 @@ class Context:
 
     def __delattr__(self, name: str) -> None:
         if name in self._items:
-            del self._items[name]
+            self._guard.release(self._items.pop(name))
         else:
             object.__delattr__(self, name)
 
@@ -118,11 +132,11 @@ class Context:
         """
         target = resolve_device(device)
         if target.type == "cuda":
-            _require_cuda(f"Context.to({str(device)!r})")
+            require_cuda(f"Context.to({str(device)!r})")
             if target.index is None:
                 target = torch.device("cuda", torch.cuda.current_device())
         for name, value in self._items.items():
-            self._items[name] = _move(value, target)
+            self._items[name] = move(value, target)
         self._device = target
         return self
 
@@ -140,7 +154,7 @@ class Context:
         Raises:
             DeviceError: CUDA is not available on this machine.
         """
-        _require_cuda("Context.cuda()")
+        require_cuda("Context.cuda()")
         if device is None:
             index = get_local_rank() if is_distributed() else torch.cuda.current_device()
             device = torch.device("cuda", index)
@@ -155,11 +169,18 @@ class Context:
 
         Every module with trainable parameters is wrapped in ``DistributedDataParallel``
         (with ``device_ids`` on CUDA); frozen modules are left as they are. The wrapped
-        module stays transparent: its attributes and methods are reachable as before and
-        its ``state_dict()`` keys are unchanged, so checkpoints move freely between
-        distributed and single-process runs. Objects with a ``setup_distributed()`` method
-        are told about the process group: recorders on ranks other than 0 fall silent and
-        data loaders switch to sharded sampling.
+        module stays transparent: its attributes are reachable as before, every public
+        method of its own class runs as DDP's forward (so ``ctx.model.compute_loss(x)``
+        averages gradients like ``ctx.model(x)``), and its ``state_dict()`` keys are
+        unchanged, so checkpoints move freely between distributed and single-process runs.
+        Objects with a ``setup_distributed()`` method are told about the process group:
+        recorders on ranks other than 0 fall silent and data loaders switch to sharded
+        sampling.
+
+        The first call also re-seeds each rank's global random number generators from the
+        shared stream and the rank: until now every rank drew the same numbers (the same
+        initialisation and data splits), from now on dropout and augmentation differ
+        between ranks, repeatably.
 
         Args:
             sync_batchnorm: Convert BatchNorm layers to ``SyncBatchNorm`` before wrapping,
@@ -189,17 +210,21 @@ class Context:
                 return module
             if not any(param.requires_grad for param in module.parameters()):
                 return module
+            self._guard.release(module)
             if sync_batchnorm:
                 module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
             return TransparentDDP(module, device_ids=device_ids, **ddp_options)
 
         for name, value in self._items.items():
-            self._items[name] = _map_leaves(value, nn.Module, wrap)
+            self._items[name] = map_leaves(value, nn.Module, wrap)
         for value in self._items.values():
-            for leaf in _leaves(value):
+            for leaf in leaves(value):
                 setup = getattr(leaf, "setup_distributed", None)
                 if callable(setup) and not isinstance(leaf, type):
                     setup()
+        if not self._ranks_diverged:
+            _seeding.diverge_ranks(get_rank())
+            self._ranks_diverged = True
         return self
 
     # -- state ---------------------------------------------------------------------------
@@ -222,9 +247,15 @@ class Context:
     def load_state_dict(self, state: Dict[str, Any], strict: bool = True) -> None:
         """Restore every item from ``state``, in place, and plain values on the context.
 
-        All problems are collected before anything is changed, so a failed load leaves the
-        context as it was. Tensors in ``state`` may live on any device: a CPU checkpoint
-        loads into a CUDA context and the other way round.
+        A failed load leaves every item as it was. Every item's saved state is checked
+        first and all problems are reported together, before anything changes: modules and
+        optimizers by keys, shapes and parameter groups; generators by loading the state
+        into a fresh generator of their kind; objects with a ``check_state_dict(state)``
+        method by that method; other objects (schedulers, scalers, loaders, recorders) by
+        the form of their current ``state_dict()``. Items are then loaded one by one, each
+        after a snapshot of its state (tensors copied to host memory); if one still raises,
+        every item is put back from its snapshot. Tensors in ``state`` may live on any
+        device: a CPU checkpoint loads into a CUDA context and the other way round.
 
         Args:
             state: A dict from :meth:`state_dict`, possibly read back from disk.
@@ -234,39 +265,14 @@ class Context:
         Raises:
             StateDictError: listing every missing or unexpected entry and every mismatch by
                 its full path, e.g. ``model.fc.weight: checkpoint has [10, 4], model has
-                [10, 5]``.
+                [10, 5]``; or naming the item whose own loader raised, once every item has
+                been put back.
         """
-        if not isinstance(state, dict):
-            raise StateDictError(
-                f"Context.load_state_dict needs a dict from Context.state_dict(), "
-                f"got {type(state).__name__}."
-            )
-        stateful = [name for name, value in self._items.items() if _state.has_state(value)]
-        problems: List[str] = []
-        if strict:
-            missing = [name for name in stateful if name not in state]
-            unexpected = [name for name in state if name not in self._items]
-            if missing:
-                problems.append(f"missing from the checkpoint: {', '.join(missing)}")
-            if unexpected:
-                problems.append(f"unexpected in the checkpoint: {', '.join(unexpected)}")
-        to_load = [name for name in stateful if name in state]
-        for name in to_load:
-            _state.check(name, self._items[name], state[name], strict, problems)
-        if problems:
-            raise StateDictError(
-                "The state does not fit this Context:\n  - " + "\n  - ".join(problems)
-            )
-        for name in to_load:
-            try:
-                self._items[name] = _state.restore(name, self._items[name], state[name], strict)
-            except StateDictError:
-                raise
-            except Exception as error:
-                raise StateDictError(f"{name}: could not load its state: {error}") from error
-        ignored = [name for name in state if name not in self._items]
-        if ignored:
-            logger.warning("Ignored checkpoint entries the context has no item for: %s.", ignored)
+        skipped = loading.load_items(self._items, state, strict)
+        guards.note_loaded()
+        self._not_loaded.update(skipped)
+        if skipped:
+            logger.warning("Ignored checkpoint entries the context has no item for: %s.", skipped)
 
     # -- the automatic path --------------------------------------------------------------
 
@@ -280,8 +286,8 @@ class Context:
 
         Inside a running experiment the choices come from the ``--checkpoint``, ``--cuda``
         and ``--distributed`` parameters; keyword arguments override them, and outside an
-        experiment they are the only source (defaults as for the parameters: no checkpoint,
-        CUDA on, not distributed). In that order:
+        experiment they are the only source (defaults: no checkpoint, CUDA on, distributed
+        when a process group exists). In that order:
 
         1. ``checkpoint`` (a file, or a run directory whose newest checkpoint is used) is
            loaded with :meth:`load_state_dict`;
@@ -292,7 +298,9 @@ class Context:
         Args:
             checkpoint: A checkpoint file or run directory to resume from.
             cuda: Move to this process's GPU when CUDA is available.
-            distributed: Wrap for distributed data-parallel training.
+            distributed: Wrap for distributed data-parallel training. ``False`` in a
+                distributed run says that you wrap the models yourself; otherwise the
+                context refuses to train a registered model that is not wrapped.
 
         Returns:
             The context.
@@ -306,7 +314,10 @@ class Context:
         if checkpoint is None:
             checkpoint = params.get("checkpoint")
         cuda = params.get("cuda", True) if cuda is None else cuda
-        distributed = params.get("distributed", False) if distributed is None else distributed
+        if distributed is None:
+            distributed = params["distributed"] if "distributed" in params else is_distributed()
+        elif not distributed:
+            self._guard.wrapping_is_users = True
 
         if checkpoint is not None:
             self.load_state_dict(load_checkpoint(checkpoint))
@@ -321,92 +332,3 @@ class Context:
         if distributed:
             self.ddp()
         return self
-
-
-def _require_cuda(what: str) -> None:
-    if not torch.cuda.is_available():
-        raise DeviceError(
-            f"{what} needs CUDA, but torch.cuda.is_available() is False on this machine; "
-            f"{_NO_CUDA_HINT}."
-        )
-
-
-def _leaves(value: Any) -> Iterator[Any]:
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from _leaves(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _leaves(item)
-    else:
-        yield value
-
-
-def _map_leaves(value: Any, kind: type, function: Callable[[Any], Any]) -> Any:
-    """Apply ``function`` to every leaf of type ``kind``; dicts and lists change in place."""
-    if isinstance(value, kind):
-        return function(value)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            value[key] = _map_leaves(item, kind, function)
-        return value
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            value[index] = _map_leaves(item, kind, function)
-        return value
-    if isinstance(value, tuple):
-        items = [_map_leaves(item, kind, function) for item in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    return value
-
-
-def _move(value: Any, device: torch.device) -> Any:
-    if isinstance(value, nn.Module):
-        return value.to(device)
-    if isinstance(value, torch.optim.Optimizer):
-        _move_optimizer_state(value, device)
-        return value
-    if isinstance(value, nn.Parameter):
-        # Replacing the data keeps the Parameter object, which optimizers hold on to. Like
-        # nn.Module.to, fall back to a new Parameter where the storage types cannot be swapped
-        # (e.g. to the meta device).
-        moved = value.data.to(device)
-        try:
-            value.data = moved
-        except RuntimeError:
-            return nn.Parameter(moved, requires_grad=value.requires_grad)
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            value[key] = _move(item, device)
-        return value
-    if isinstance(value, list):
-        value[:] = [_move(item, device) for item in value]
-        return value
-    if isinstance(value, tuple):
-        items = [_move(item, device) for item in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    move = getattr(value, "to", None)
-    if callable(move) and not isinstance(value, type):
-        moved = move(device)
-        return value if moved is None else moved
-    return value
-
-
-def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    keeps_step_with_param = {}
-    for group in optimizer.param_groups:
-        on_device = bool(group.get("capturable") or group.get("fused"))
-        for param in group["params"]:
-            keeps_step_with_param[param] = on_device
-    for param, entries in optimizer.state.items():
-        for key, value in entries.items():
-            if not isinstance(value, torch.Tensor):
-                continue
-            # torch keeps the scalar 'step' on the CPU unless the optimizer is capturable
-            # or fused; moving it anyway would break its checks on the next step.
-            if key == "step" and not keeps_step_with_param.get(param, False):
-                continue
-            entries[key] = value.to(device)

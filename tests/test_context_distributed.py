@@ -1,4 +1,5 @@
 """Context.ddp() on two real gloo ranks, and a save/load round trip across processes."""
+import logging
 import subprocess
 import sys
 import textwrap
@@ -104,6 +105,162 @@ def test_ddp_wraps_trainable_modules_transparently_and_checkpoints_load_anywhere
     assert single.epoch == 3
     for key, value in single.model.state_dict().items():
         assert torch.equal(value, results[0]["state"][key]), key
+
+
+class LossNet(nn.Module):
+    """A model trained through its own methods, as research code often is."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc = nn.Linear(8, 1)
+        self.dim = 8  # DistributedDataParallel has a `dim` of its own
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.fc1(x)))
+
+    def compute_loss(self, x, *, scale=1.0):
+        return scale * self(x).pow(2).mean()
+
+    def loss_through_a_helper(self, x):
+        return self.compute_loss(x, scale=0.5) + self.fc1(x).abs().mean()
+
+    def losses(self, batches):
+        for x in batches:
+            yield self.compute_loss(x)
+
+    def broken(self, x):
+        raise ValueError(f"broken on a batch of {len(x)}")
+
+    @property
+    def width(self):
+        return self.fc1.out_features
+
+
+def test_the_methods_that_run_as_forward_are_the_models_own_public_methods():
+    from pystematic_torch.distributed._ddp import forward_methods
+
+    class Stack(nn.Sequential):
+        def score(self, x):
+            return self(x).sum()
+
+        def _private(self):
+            pass
+
+        @staticmethod
+        def build():
+            return Stack()
+
+        @classmethod
+        def named(cls):
+            return cls()
+
+    class Deeper(Stack):
+        score = property(lambda self: 1.0)  # no longer a method
+
+        def predict(self, x):
+            return self(x)
+
+    assert forward_methods(LossNet()) == {"compute_loss", "loss_through_a_helper", "losses",
+                                          "broken"}  # fmt: skip
+    assert forward_methods(Stack()) == {"score"}  # not append(), extend(), parameters(), ...
+    assert forward_methods(Deeper()) == {"predict"}
+    assert forward_methods(nn.Linear(2, 2)) == frozenset()
+
+
+class Messages(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def _methods_body(rank):
+    messages = Messages()
+    logging.getLogger("pystematic.torch").addHandler(messages)
+    torch.manual_seed(0)
+    ctx = Context()
+    ctx.model = LossNet()
+    ctx.bypassed = LossNet()  # trained through .module: the unsynchronised control
+    ctx.optimizer = torch.optim.SGD(
+        [*ctx.model.parameters(), *ctx.bypassed.parameters()], lr=0.1, momentum=0.9
+    )
+    shared = torch.rand(4).tolist()  # before ddp(): every rank draws the same
+    ctx.ddp()
+    out = {"shared": shared, "diverged": torch.rand(4).tolist(), "warnings": messages.lines}
+    generator = torch.Generator().manual_seed(100 + rank)  # each rank sees other data
+    for step in range(4):
+        x = torch.randn(8, 4, generator=generator)
+        if step % 2:
+            loss = ctx.model.loss_through_a_helper(x)
+        else:
+            loss = ctx.model.compute_loss(x, scale=2.0)
+        loss = loss + ctx.bypassed.module.compute_loss(x)
+        ctx.optimizer.zero_grad()
+        loss.backward()
+        ctx.optimizer.step()
+    out["model"] = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    out["bypassed"] = {k: v.clone() for k, v in ctx.bypassed.state_dict().items()}
+    out["names"] = (ctx.model.compute_loss.__name__, ctx.model.width, ctx.model.module.dim)
+    try:
+        ctx.model.losses([x])
+    except pt.DistributedError as error:
+        out["generator_refused"] = str(error)
+    try:
+        ctx.model.broken(x)
+    except ValueError as error:
+        out["broken"] = str(error)
+    out["forward_restored"] = "forward" not in vars(ctx.model.module)
+    out["still_trains"] = bool(torch.isfinite(ctx.model(x).sum()))
+
+    ctx.late = nn.Linear(4, 1)  # registered after ddp(): never wrapped
+    with torch.no_grad():
+        ctx.late(x)  # evaluation is fine
+    try:
+        ctx.late(x).sum().backward()
+    except pt.DistributedError as error:
+        out["late_refused"] = str(error)
+    DistributedDataParallel(ctx.late)(x).sum().backward()  # wrapped by the user: fine
+    own = Context()
+    own.model = nn.Linear(4, 1)
+    own.autotransform(cuda=False, distributed=False)  # "I wrap it myself": trusted
+    own.model(x).sum().backward()
+    out["own_wrapping_trusted"] = not isinstance(own.model, DistributedDataParallel)
+    from torch.distributed.fsdp import fully_shard
+
+    sharded = Context()
+    sharded.model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    fully_shard(sharded.model)  # sharded by the user with FSDP2: recognised
+    sharded.model(x).sum().backward()
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_every_public_method_of_the_model_trains_in_sync_across_ranks():
+    first, second = run_on_ranks(_methods_body, timeout=90)
+    assert set(first["model"]) == {"fc1.weight", "fc1.bias", "fc.weight", "fc.bias"}
+    for key, value in first["model"].items():
+        assert torch.equal(value, second["model"][key]), key
+    # The same training through .module is not averaged, so there the ranks drift apart.
+    assert not all(torch.equal(v, second["bypassed"][k]) for k, v in first["bypassed"].items())
+
+    assert first["names"] == ("compute_loss", 8, 8)
+    assert "LossNet.losses() is a generator" in first["generator_refused"]
+    assert first["broken"] == "broken on a batch of 8"
+    assert first["forward_restored"] and first["still_trains"]
+    assert "ctx.late is being trained in a distributed run but is not wrapped" in (
+        first["late_refused"]
+    )
+    assert "call ctx.autotransform()" in first["late_refused"]
+    assert first["own_wrapping_trusted"]
+    shadow = [line for line in first["warnings"] if "attributes of its own named" in line]
+    assert len(shadow) == 2 and "dim" in shadow[0] and ".module.dim" in shadow[0]
+
+    # Identical draws until ddp(), then each rank its own stream.
+    assert first["shared"] == second["shared"]
+    assert first["diverged"] != second["diverged"]
 
 
 def _sync_batchnorm_body(rank):

@@ -1,0 +1,1 @@
+"""The Context's private parts: moving items, loading them atomically, catching mistakes."""

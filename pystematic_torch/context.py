@@ -16,7 +16,7 @@ from ._context import guards, loading
 from ._context.moves import leaves, map_leaves, move, require_cuda
 from .checkpoint import load_checkpoint
 from .devices import DeviceLike, resolve_device
-from .distributed import get_local_rank, get_rank, is_distributed
+from .distributed import get_rank, is_distributed
 from .distributed._ddp import TransparentDDP
 from .errors import DistributedError
 
@@ -100,7 +100,7 @@ class Context:
 
     def _holds(self, obj: Any) -> bool:
         """Whether ``obj`` is one of the items, or inside one of the containers."""
-        return any(leaf is obj for value in self._items.values() for leaf in _leaves(value))
+        return any(leaf is obj for value in self._items.values() for leaf in leaves(value))
 
     def __iter__(self) -> Iterator[str]:
         """Iterate over the registered names, in registration order."""
@@ -149,14 +149,16 @@ class Context:
 
         Args:
             device: A CUDA device or index. By default this process's own GPU: in a
-                distributed run the GPU of its local rank, otherwise the current device.
+                distributed run the one the launch bound it to (its local rank, modulo the
+                GPUs it can see), otherwise the current device.
 
         Raises:
             DeviceError: CUDA is not available on this machine.
         """
         require_cuda("Context.cuda()")
         if device is None:
-            index = get_local_rank() if is_distributed() else torch.cuda.current_device()
+            # In a distributed run the launch has already made this rank's GPU current.
+            index = torch.cuda.current_device()
             device = torch.device("cuda", index)
         elif isinstance(device, int):
             device = torch.device("cuda", device)

@@ -16,7 +16,7 @@ import signal
 import threading
 from typing import Optional
 
-from . import _run_record, _rundir, _session
+from . import _run_record, _session
 from .errors import LaunchError
 
 logger = logging.getLogger("pystematic.torch")
@@ -34,9 +34,6 @@ def prepare(experiment, params) -> None:
     Raises:
         LaunchError: the run cannot start as configured; nothing was created.
     """
-    import pystematic.core
-
-    _rundir.install(pystematic.core.app)
     try:
         if params["distributed"]:
             from .distributed import _job
@@ -189,6 +186,8 @@ def _save_preempted_context(error) -> None:
         logger.warning("Preempted, but no Context holds the loader that stopped: nothing saved.")
         return
     path = save_checkpoint(holders[0].state_dict(), id="preempted", overwrite=True)
+    if path is None:
+        return  # only rank 0 writes, and says so
     logger.warning(
         "Preempted by %s in epoch %d after batch %d: saved %s. Resume with --checkpoint "
         "<this run's directory>; exiting with code %d.",

@@ -8,7 +8,7 @@ import functools
 import logging
 import sys
 
-from . import _lifecycle
+from . import _lifecycle, _rundir
 from .params import default_parameters, validate_parameters
 
 logger = logging.getLogger("pystematic.torch")
@@ -32,6 +32,7 @@ class TorchPlugin:
     """Entry point object; ``app`` is pystematic's ``PystematicApp``."""
 
     def __init__(self, app) -> None:
+        self._app = app
         app.on_experiment_created(self._add_parameters, priority=20)
         app.on_before_experiment(_lifecycle.prepare, priority=_PREPARE_PRIORITY)
         app.on_before_experiment(_lifecycle.setup, priority=_SETUP_PRIORITY)
@@ -47,8 +48,10 @@ class TorchPlugin:
 
         app.get_api_object().torch = pystematic_torch
 
-    @staticmethod
-    def _add_parameters(experiment):
+    def _add_parameters(self, experiment):
+        # pystematic copies its list of before-experiment hooks when an experiment starts,
+        # so the run-directory step is put in place now, when every plugin is loaded.
+        _rundir.install(self._app)
         existing = {param.name for param in experiment.get_parameters()}
         for param in default_parameters():
             if param.name not in existing:

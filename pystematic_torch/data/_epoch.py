@@ -57,7 +57,7 @@ class EpochIterator:
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
-        if self._stop_check is not None and self._stop_check():
+        if self._stop_check is not None and self._stop_check() and not self._exhausted():
             self.close()
             raise Preempted(self._loader)
         try:
@@ -69,6 +69,15 @@ class EpochIterator:
         if self._bar is not None:
             self._bar.update(1)
         return batch
+
+    def _exhausted(self) -> bool:
+        # At the end of an epoch the loop is let finish it (the code after the loop runs),
+        # and stops at the next epoch's first batch: a resumed run never starts with an
+        # epoch that has no batches left.
+        try:
+            return self._loader._position >= len(self._loader)
+        except TypeError:
+            return False
 
     def _end_epoch(self) -> None:
         loader = self._loader

@@ -37,6 +37,7 @@ from ._supervise import (
 logger = logging.getLogger("pystematic.torch.launch")
 
 RANKS_FILE = "ranks.json"
+_LAUNCHERS = {"local": "pystematic-torch", "torchrun": "torchrun", "slurm": "srun"}
 # A collective broken by a dead peer can fail before the monitor has seen the death: how
 # long to look for that cause before reporting the broken collective as the failure.
 LOST_PEER_SECONDS = 3.0
@@ -168,16 +169,27 @@ def _label_console(pystematic, info: _launch.RankInfo) -> None:
 
 
 def _record_ranks(output_dir) -> None:
+    """Write ``ranks.json``: who took part, where, started by what."""
     from . import gather_to_master
 
+    info = _job.info
     here = {"rank": get_rank(), "host": socket.gethostname(), "pid": os.getpid(),
-            "local_rank": _job.info.local_rank}  # fmt: skip
+            "local_rank": info.local_rank}  # fmt: skip
     ranks = gather_to_master(here)
-    if ranks is not None:
-        path = pathlib.Path(str(output_dir)) / RANKS_FILE
-        temporary = path.with_name(f".{RANKS_FILE}.tmp")
-        temporary.write_text(json.dumps({"world_size": len(ranks), "ranks": ranks}, indent=1))
-        os.replace(temporary, path)
+    if ranks is None:
+        return
+    record = {
+        "world_size": len(ranks),
+        "launcher": _LAUNCHERS[info.source],
+        "master": f"{info.master_addr}:{_job.rendezvous.port}",
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "torchrun_restart": info.restart if info.source == "torchrun" else None,
+        "ranks": ranks,
+    }
+    path = pathlib.Path(str(output_dir)) / RANKS_FILE
+    temporary = path.with_name(f".{RANKS_FILE}.tmp")
+    temporary.write_text(json.dumps(record, indent=1))
+    os.replace(temporary, path)
 
 
 # -- the end --------------------------------------------------------------------------------

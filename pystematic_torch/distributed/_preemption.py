@@ -136,7 +136,7 @@ class StopCheck:
         self._distributed = is_distributed()
         self._count = 0
         self._next = 0
-        self._clock = (time.monotonic(), 0)
+        self._clock: Optional[tuple] = None
 
     def __call__(self) -> bool:
         if not self._distributed:
@@ -155,8 +155,10 @@ class StopCheck:
         if get_rank() != 0:
             return 0
         now = time.monotonic()
-        then, then_count = self._clock
-        self._clock = (now, count)
+        last, self._clock = self._clock, (now, count)
+        if last is None:
+            return 1  # the first batch's time includes starting the iteration: measure the next
+        then, then_count = last
         if count == then_count or now <= then:
             return 1
         per_batch = (now - then) / (count - then_count)

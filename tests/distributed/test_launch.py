@@ -1,4 +1,5 @@
 """Distributed launch, end to end: real processes, real gloo groups, real signals."""
+import json
 import os
 import pathlib
 import re
@@ -7,7 +8,9 @@ import socket
 import sys
 import time
 
+import psutil
 import pytest
+import torch
 
 from tests.support.jobs import Job, assert_all_gone, family, job_args
 from tests.support.ranks import free_port
@@ -120,6 +123,12 @@ def test_two_nodes_on_one_machine_form_one_world(tmp_path):
         assert int(rank) == node
         checksums[node] = checksum
     assert checksums[0] == checksums[1]
+    # Machine 1 writes into a directory of rank 0's path, not one of its own.
+    assert not (tmp_path / "node1").exists()
+    (run_dir,) = (tmp_path / "node0" / "ddp-job").iterdir()
+    assert {"log.txt", "log.rank-1.txt", "parameters.yaml", "ranks.json"} <= {
+        path.name for path in run_dir.iterdir()
+    }
 
 
 @pytest.mark.timeout(150)
@@ -131,6 +140,10 @@ def test_torchrun_starts_the_ranks_and_we_spawn_none(tmp_path):
     code, _ = job.finish()
     assert code == 0, job.output
     assert sorted(re.findall(r"DONE rank=(\d) world=2", job.output)) == ["0", "1"], job.output
+    (run_dir,) = (tmp_path / "ddp-job").iterdir()  # one run directory for both processes
+    ranks = json.loads((run_dir / "ranks.json").read_text())
+    assert ranks["launcher"] == "torchrun" and len(ranks["ranks"]) == 2
+    assert (run_dir / "log.rank-1.txt").exists()
 
 
 @pytest.mark.timeout(150)
@@ -149,15 +162,100 @@ def test_a_slurm_job_step_takes_its_ranks_from_the_environment(tmp_path):
         assert re.findall(r"DONE rank=(\d) world=2", job.output) == [str(task)]
 
 
-@pytest.mark.timeout(150)
-def test_sigterm_lets_every_rank_stop_after_the_same_step_and_save(tmp_path):
-    args = launch_args("--distributed", "--nproc_per_node", "2", "--step-delay", "0.05",
-                    script=EXAMPLES / "ddp.py", output=tmp_path)  # fmt: skip
+@pytest.mark.timeout(240)
+def test_the_ddp_example_is_preempted_by_sigterm_and_resumes_from_its_run_directory(tmp_path):
+    args = launch_args("--distributed", "--nproc_per_node", "2", "--step-delay", "0.02",
+                       "--epochs", "3", script=EXAMPLES / "ddp.py", output=tmp_path)  # fmt: skip
     job = Job(args, tmp_path)
     job.wait_for(r"epoch 1: loss")
     job.process.send_signal(signal.SIGTERM)
     code, _ = job.finish()
-    assert code == 0, job.output
-    assert "Preempted during epoch" in job.output
+    assert code == 143, job.output
+    assert "Preempted by SIGTERM in epoch 1" in job.output and "Traceback" not in job.output
     (run_dir,) = (tmp_path / "ddp-example").iterdir()
-    assert (run_dir / "checkpoint-preempted.pt").exists()
+    state = torch.load(run_dir / "checkpoint-preempted.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["loader"]["epoch"] == 1
+
+    resumed = Job(launch_args("--distributed", "--nproc_per_node", "2", "--epochs", "3",
+                              "--checkpoint", str(run_dir), script=EXAMPLES / "ddp.py",
+                              output=tmp_path / "resumed"), tmp_path)  # fmt: skip
+    code, _ = resumed.finish()
+    assert code == 0, resumed.output
+    assert re.findall(r"epoch (\d): loss", resumed.output) == ["2", "3"], resumed.output
+
+
+@pytest.mark.timeout(150)
+def test_a_rank_that_dies_while_starting_ends_the_job_within_seconds(tmp_path):
+    args = launch_args("--distributed", "--nproc_per_node", "2", "--distributed-timeout", "600",
+                       output=tmp_path)  # fmt: skip
+    job = Job(args, tmp_path, env={"DDP_JOB_DIE_AT_IMPORT": "1"})
+    processes = family(job)
+    code, seconds = job.finish(timeout=120)
+    assert code == 1, job.output
+    assert seconds < 30, seconds  # not the 600 s rendezvous timeout
+    assert "Rank 1 exited with code 3 before every rank had joined the job" in job.output
+    assert "Traceback" not in job.output
+    assert_all_gone(processes)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_launch_error_is_one_line_and_leaves_no_run_directory(tmp_path, debug):
+    extra = ["--debug"] if debug else []
+    job = Job(launch_args("--distributed", *extra, output=tmp_path), tmp_path,
+              env={"RANK": "3", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": "1"})  # fmt: skip
+    code, _ = job.finish()
+    assert code == 1
+    message = "Inconsistent distributed environment: RANK=3 must be in 0..1 for WORLD_SIZE=2."
+    assert message in job.output
+    if debug:
+        assert "Traceback" in job.output
+    else:
+        assert job.output.strip() == f"Error: {message}", job.output
+    assert not (tmp_path / "ddp-job").exists()
+
+
+@pytest.mark.timeout(150)
+def test_torchrun_without_distributed_is_refused_instead_of_training_twice(tmp_path):
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+            "--master-port", str(free_port()), str(JOB), "--output-dir", str(tmp_path),
+            "--no-cuda"]  # fmt: skip
+    job = Job(args, tmp_path)
+    code, _ = job.finish()
+    assert code != 0
+    assert "torchrun started 2 processes but --distributed is off" in job.output
+    assert "DONE" not in job.output and not (tmp_path / "ddp-job").exists()
+
+
+@pytest.mark.timeout(150)
+def test_the_rendezvous_store_listens_on_loopback_only(tmp_path):
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
+                          output=tmp_path), tmp_path)  # fmt: skip
+    job.wait_for(r"READY rank=\d", count=2)
+    (run_dir,) = (tmp_path / "ddp-job").iterdir()
+    port = int(json.loads((run_dir / "ranks.json").read_text())["master"].rsplit(":", 1)[1])
+    main = psutil.Process(job.process.pid)
+    listening = [c.laddr for c in main.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]  # fmt: skip
+    job.process.send_signal(signal.SIGINT)
+    job.finish()
+    assert [address.ip for address in listening] == ["127.0.0.1"], listening
+
+
+@pytest.mark.timeout(240)
+def test_torchrun_restarts_after_a_failure_and_continues_the_same_run(tmp_path):
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+            "--max-restarts", "1", "--master-port", str(free_port()), str(JOB),
+            "--output-dir", str(tmp_path), "--no-cuda", "--distributed", "--fail-rank", "1",
+            "--fail-once"]  # fmt: skip
+    job = Job(args, tmp_path)
+    code, _ = job.finish(timeout=200)
+    assert code == 0, job.output
+    assert "deliberate failure on rank 1" in job.output  # the first attempt did fail
+    assert "torchrun restart 1" in job.output
+    done = dict(re.findall(DONE, job.output))
+    assert set(done) == {"0", "1"} and done["0"] == done["1"], job.output
+    (run_dir,) = (tmp_path / "ddp-job").iterdir()  # the restart continued the same run
+    assert json.loads((run_dir / "ranks.json").read_text())["torchrun_restart"] == 1
+    assert "torchrun restart 1" in (run_dir / "log.txt").read_text()

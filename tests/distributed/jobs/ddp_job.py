@@ -1,7 +1,9 @@
 """A small distributed job for the launch tests; prints what the tests check.
 
 --mode train: a few steps, then a parameter checksum. --mode hang: train forever (with a
-DataLoader worker), for the kill and interrupt tests. --fail_rank K raises on rank K.
+DataLoader worker), for the kill and interrupt tests. --fail_rank K raises on rank K (only
+in torchrun's first attempt with --fail-once). DDP_JOB_DIE_AT_IMPORT=1 makes every rank the
+launch starts die while importing this script.
 """
 import os
 import time
@@ -9,10 +11,14 @@ import time
 import pystematic
 import torch
 
+if os.environ.get("DDP_JOB_DIE_AT_IMPORT") and __name__ == "__mp_main__":
+    raise SystemExit(3)
+
 
 @pystematic.parameter(name="mode", type=str, default="train")
 @pystematic.parameter(name="fail_rank", type=int, default=-1)
 @pystematic.parameter(name="steps", type=int, default=5)
+@pystematic.parameter(name="fail_once", type=bool, is_flag=True, default=False)
 @pystematic.experiment
 def ddp_job(params):
     torch.manual_seed(0)
@@ -30,7 +36,8 @@ def ddp_job(params):
         ctx.optimizer.zero_grad()
         loss.backward()
         ctx.optimizer.step()
-        if step == 2 and rank == params["fail_rank"]:
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if step == 2 and rank == params["fail_rank"] and (first_attempt or not params["fail_once"]):
             raise ValueError(f"deliberate failure on rank {rank}")
         next(batches)
         time.sleep(0.02)

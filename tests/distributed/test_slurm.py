@@ -1,0 +1,105 @@
+"""Distributed runs on a real one-node SLURM cluster: srun, sbatch and scancel, for real."""
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from tests.support import slurm
+
+JOB = pathlib.Path(__file__).parent / "jobs" / "ddp_job.py"
+EXAMPLES = pathlib.Path(__file__).parents[2] / "examples"
+DONE = r"DONE rank=(\d) world=2 checksum=(-?\d+\.\d{10})"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = slurm.missing()
+    if reason is not None:
+        pytest.skip(reason)
+    started = slurm.Cluster(tmp_path_factory.mktemp("slurm")).start()
+    yield started
+    started.stop()
+
+
+def the_run_directory(output: pathlib.Path, experiment: str) -> pathlib.Path:
+    runs = list((output / experiment).iterdir())
+    assert len(runs) == 1, runs  # one run, one directory, whichever process started it
+    return runs[0]
+
+
+def check_one_run_of_two_ranks(run_dir: pathlib.Path):
+    ranks = json.loads((run_dir / "ranks.json").read_text())
+    assert [entry["rank"] for entry in ranks["ranks"]] == [0, 1]
+    assert (run_dir / "log.txt").exists() and (run_dir / "log.rank-1.txt").exists()
+    assert yaml.safe_load((run_dir / "parameters.yaml").read_text())["random_seed"] is not None
+    return ranks
+
+
+@pytest.mark.timeout(300)
+def test_srun_starts_a_world_of_two_that_writes_one_run_directory(cluster, tmp_path):
+    result = cluster.run(["srun", "-n", "2", sys.executable, str(JOB), "--output-dir",
+                          str(tmp_path), "--no-cuda", "--distributed"], cwd=tmp_path)  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    done = dict(re.findall(DONE, output))
+    assert set(done) == {"0", "1"} and done["0"] == done["1"], output  # trained together
+    assert "[RANK 1]" in output  # console lines carry the global rank
+    ranks = check_one_run_of_two_ranks(the_run_directory(tmp_path, "ddp-job"))
+    assert ranks["launcher"] == "srun"
+    job_id = int(ranks["slurm_job_id"])
+    assert ranks["master"].endswith(f":{10000 + job_id % 20000}")  # the port follows the job
+
+
+@pytest.mark.timeout(300)
+def test_an_sbatch_script_running_the_built_in_launcher_starts_its_own_ranks(cluster, tmp_path):
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/bash\n#SBATCH -n 2\n"
+        f"#SBATCH -o {tmp_path}/slurm-%j.out\n"
+        f"{sys.executable} {JOB} --output-dir {tmp_path} --no-cuda --distributed "
+        "--nproc_per_node 2\n"
+    )
+    result = cluster.run(["sbatch", "--wait", str(script)], cwd=tmp_path)
+    (log,) = tmp_path.glob("slurm-*.out")
+    output = log.read_text()
+    assert result.returncode == 0, result.stdout + result.stderr + output
+    done = dict(re.findall(DONE, output))
+    assert set(done) == {"0", "1"} and done["0"] == done["1"], output
+    ranks = check_one_run_of_two_ranks(the_run_directory(tmp_path, "ddp-job"))
+    assert ranks["launcher"] == "pystematic-torch"  # not mistaken for two srun tasks
+
+
+@pytest.mark.timeout(300)
+def test_scancel_with_sigterm_saves_the_preemption_checkpoint(cluster, tmp_path):
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/bash\n#SBATCH -n 2\n"
+        f"#SBATCH -o {tmp_path}/slurm-%j.out\n"
+        f"srun {sys.executable} -u {EXAMPLES / 'ddp.py'} --output-dir {tmp_path} --no-cuda "
+        "--distributed --epochs 1000 --step-delay 0.02\n"
+    )
+    submitted = cluster.run(["sbatch", "--parsable", str(script)], cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    log = tmp_path / f"slurm-{job_id}.out"
+    deadline = time.monotonic() + 120
+    while "epoch 1: loss" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no output"
+        time.sleep(0.2)
+    assert cluster.run(["scancel", "--signal=TERM", job_id]).returncode == 0
+    run_dir = the_run_directory(tmp_path, "ddp-example")
+    while cluster.run(["squeue", "--noheader", "--jobs", job_id]).stdout.strip():
+        assert time.monotonic() < deadline + 120, log.read_text()
+        time.sleep(0.2)
+    output = log.read_text()
+    assert "Preempted by SIGTERM" in output and "Traceback" not in output, output
+    state = torch.load(run_dir / "checkpoint-preempted.pt", weights_only=True)
+    assert state["epoch"] >= 1
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "preempted"
+    assert subprocess.run(["pgrep", "-f", str(EXAMPLES / "ddp.py")]).returncode != 0

@@ -103,7 +103,7 @@ def teardown(error: Optional[BaseException]) -> None:
         logger.error("Saving the preempted run failed: %s", failure)
         _teardown_error = failure
     try:
-        _session.end(how)
+        _session.end(how, _exit_code_of(error))
     except _session.TeardownError as failure:
         # Raised in finish(), after pystematic's own teardown: raising here would skip the
         # closing of the log file.
@@ -175,6 +175,14 @@ def _outcome_of(error: Optional[BaseException]) -> str:
     if isinstance(error, KeyboardInterrupt):
         return _session.INTERRUPTED
     return _session.FAILURE
+
+
+def _exit_code_of(error: Optional[BaseException]) -> int:
+    if error is None:
+        return 0
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else 1
+    return 130 if isinstance(error, KeyboardInterrupt) else 1
 
 
 def _save_preempted_context(error) -> None:

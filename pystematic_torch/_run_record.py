@@ -82,6 +82,8 @@ def start(experiment: Any, params: dict) -> None:
 
     def record_end() -> None:
         status, exit_code = _ENDINGS.get(_session.outcome(), (FAILED, 1))
+        if _session.exit_code() is not None:
+            exit_code = _session.exit_code()
         _write_logged(run_dir, {**record, "status": status, "exit_code": exit_code,
                                 "ended_at": _now()})  # fmt: skip
 

@@ -25,6 +25,7 @@ SUCCESS, FAILURE, PREEMPTED, INTERRUPTED = "success", "failure", "preempted", "i
 _lock = threading.RLock()
 _params: Optional[dict] = None
 _outcome: Optional[str] = None
+_exit_code: Optional[int] = None
 _ending = False
 _exit_callbacks: List[Callable[[], None]] = []
 _durables: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -45,16 +46,21 @@ def is_ending() -> bool:
     return _ending
 
 
+def exit_code() -> Optional[int]:
+    """The exit code the ending run's process will have, when the plugin knows it."""
+    return _exit_code
+
+
 def outcome() -> Optional[str]:
     """How the run is ending (SUCCESS, FAILURE, PREEMPTED, INTERRUPTED); None while it runs."""
     return _outcome
 
 
 def start(params: dict) -> None:
-    global _params, _outcome, _ending
+    global _params, _outcome, _ending, _exit_code
     with _lock:
         _params = params
-        _outcome = None
+        _outcome = _exit_code = None
         _ending = False
         _exit_callbacks.clear()
 
@@ -104,7 +110,7 @@ def make_durable() -> None:
         raise errors[0]
 
 
-def end(how: str = SUCCESS) -> None:
+def end(how: str = SUCCESS, code: Optional[int] = None) -> None:
     """Run the exit callbacks, newest first, and forget the experiment.
 
     Safe to call from several threads and several times: each callback runs exactly once,
@@ -113,16 +119,17 @@ def end(how: str = SUCCESS) -> None:
 
     Args:
         how: The run's outcome, readable through :func:`outcome` while the callbacks run.
+        code: The process's exit code to come, readable through :func:`exit_code`.
 
     Raises:
         TeardownError: one or more callbacks raised; the message lists each.
     """
-    global _params, _outcome, _ending
+    global _params, _outcome, _ending, _exit_code
     failures = []
     _ending = True
     with _lock:
         if _outcome is None:
-            _outcome = how
+            _outcome, _exit_code = how, code
         while True:
             try:
                 callback = _exit_callbacks.pop()

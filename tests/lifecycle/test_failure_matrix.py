@@ -8,6 +8,7 @@ files that open), the exit code, the time to exit, that no process survives, and
 tracebacks were printed.
 """
 import csv
+import json
 import pathlib
 import re
 import signal
@@ -168,3 +169,19 @@ def test_sigkill_of_one_rank_ends_the_job_and_the_healthy_rank_flushes(tmp_path)
     for reader in (csv_steps, tensorboard_steps, hdf5_steps):
         assert set(printed_steps(job, 0)) <= set(reader(directory)), reader.__name__
     assert set(printed_steps(job, 0)) <= set(writer_rows(directory, 0, 2))
+
+
+@pytest.mark.timeout(240)
+def test_sigusr1_is_a_preemption_too_and_exits_138(tmp_path):
+    job = start(tmp_path)
+    job.wait_for(r"STEP rank=0 step=3")
+    processes = family(job)
+    job.process.send_signal(signal.SIGUSR1)
+    code = end_of(job, processes)
+    assert code == 138, job.output
+    assert "Preempted by SIGUSR1" in job.output and "Traceback" not in job.output
+    directory = run_dir(tmp_path)
+    assert_recorded(directory, printed_steps(job, 0), 1, job)
+    assert (directory / "checkpoint-preempted.pt").exists()
+    record = json.loads((directory / "run.json").read_text())
+    assert (record["status"], record["exit_code"]) == ("preempted", 138)

@@ -1,0 +1,98 @@
+"""What a run leaves behind in its process: nothing, however it ended."""
+import os
+import signal
+import socket
+import threading
+
+import pystematic
+import pytest
+import torch
+
+import pystematic_torch as pt
+from pystematic_torch import _session
+
+
+def make_experiment(body):
+    @pystematic.experiment
+    def lifecycle_probe(params):
+        body(params)
+
+    return lifecycle_probe
+
+
+def test_a_distributed_run_restores_the_environment_and_the_next_run_starts(tmp_path):
+    seen = {}
+
+    def body(params):
+        seen["rank"] = (os.environ["RANK"], os.environ["WORLD_SIZE"], pt.get_num_processes())
+        seen["sigterm"] = signal.getsignal(signal.SIGTERM)
+
+    before, handler_before = dict(os.environ), signal.getsignal(signal.SIGTERM)
+    experiment = make_experiment(body)
+    for _ in range(2):  # the second run would see a world of 1 "started by torchrun" if leaked
+        experiment.run({"distributed": True, "cuda": False, "output_dir": str(tmp_path)})
+        assert seen["rank"] == ("0", "1", 1)
+        assert seen["sigterm"] is not handler_before  # preemption was armed during the run
+        assert dict(os.environ) == before
+        assert signal.getsignal(signal.SIGTERM) == handler_before
+        assert not torch.distributed.is_initialized()
+
+
+def test_a_failed_launch_leaves_nothing_running_and_the_next_run_starts(tmp_path):
+    experiment = make_experiment(lambda params: None)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        before = dict(os.environ)
+        with pytest.raises(pt.LaunchError, match=f"master_port {port} is already in use"):
+            experiment.run({"distributed": True, "cuda": False, "master_port": port,
+                            "output_dir": str(tmp_path / "refused")})  # fmt: skip
+    assert dict(os.environ) == before
+    assert not (tmp_path / "refused").exists()  # refused before the run directory
+    experiment.run({"cuda": False, "output_dir": str(tmp_path / "next")})  # not "already running"
+    assert (tmp_path / "next").exists()
+
+
+def test_an_experiment_that_raises_leaves_the_next_one_free_to_run(tmp_path):
+    def body(params):
+        raise ValueError("deliberate")
+
+    with pytest.raises(ValueError, match="deliberate"):
+        make_experiment(body).run({"cuda": False, "output_dir": str(tmp_path)})
+    make_experiment(lambda params: None).run({"cuda": False, "output_dir": str(tmp_path)})
+
+
+def test_ending_a_session_from_two_threads_runs_each_callback_once():
+    calls = []
+    entered = threading.Barrier(2)
+    _session.start({"probe": True})
+    for index in range(50):
+        _session.call_at_exit(lambda index=index: calls.append(index))
+    threads = [threading.Thread(target=lambda: (entered.wait(), _session.end())) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert sorted(calls) == list(range(50))
+    assert _session.outcome() == _session.SUCCESS
+
+
+def test_failing_callbacks_are_all_reported_after_every_callback_ran():
+    ran = []
+
+    def broken(name):
+        def callback():
+            ran.append(name)
+            raise OSError(28, f"{name}: No space left on device")
+
+        return callback
+
+    _session.start({"probe": True})
+    _session.call_at_exit(broken("first"))
+    _session.call_at_exit(lambda: ran.append("healthy"))
+    _session.call_at_exit(broken("last"))
+    with pytest.raises(_session.TeardownError) as failure:
+        _session.end(_session.FAILURE)
+    assert ran == ["last", "healthy", "first"]  # newest first, and none skipped
+    assert "first: No space left" in str(failure.value) and "last: No space" in str(failure.value)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pystematic_torch.context import Context
-from tests.distributed.test_launch import Job, job_args
 from tests.jobs import EXPERIMENT
+from tests.support.jobs import Job, job_args
 
 DONE = r"DONE rank=(\d) lr=([\d.]+) checksum=(-?[\d.]+)"
 

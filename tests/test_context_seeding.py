@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pystematic_torch import _seeding
-from tests.distributed.test_launch import Job, job_args
 from tests.jobs import EXPERIMENT
+from tests.support.jobs import Job, job_args
 
 LINE = r"{tag} rank=(\d) ([\d. ]+ mask=[02]+)"
 

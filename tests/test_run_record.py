@@ -11,7 +11,7 @@ import pytest
 
 import pystematic_torch
 from pystematic_torch import _run_record
-from tests.distributed.test_launch import Job
+from tests.support.jobs import Job
 from tests.sweep.jobs.sweep_job import sweep_job
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -130,7 +130,8 @@ def test_only_rank_0_writes_the_record_of_a_distributed_run(tmp_path):
     code, _ = job.finish()
     assert code == 0, job.output
     (run_dir,) = (tmp_path / "ddp-job").iterdir()
-    assert [path.name for path in run_dir.glob("*.json")] == ["run.json"]
+    assert not list(run_dir.glob(".run.json*"))  # no temporary left over
+    assert (run_dir / "run.json").exists()
     record = _run_record.read(run_dir)
     assert record["pid"] == job.process.pid and record["world_size"] == 2
     assert record["status"] == "finished"

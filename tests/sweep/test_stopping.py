@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from pystematic_torch import _run_record
-from tests.distributed.test_launch import Job, assert_all_gone
+from tests.support.jobs import Job, assert_all_gone
 
 JOB = pathlib.Path(__file__).parent / "jobs" / "sweep_job.py"
 STOP_TIMEOUT = 3

@@ -13,9 +13,9 @@ from typing import Any, List, Optional, Union
 
 import torch
 
-from . import _session
-from .distributed import is_master
-from .errors import CheckpointError
+from .. import _session
+from ..distributed import is_master
+from ..errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint"]
 

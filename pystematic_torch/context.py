@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import _session, _state
-from .checkpoint import load_checkpoint
+from .checkpoint import ContextState, load_checkpoint
 from .devices import DeviceLike, resolve_device
 from .distributed import get_local_rank, is_distributed
 from .distributed._ddp import TransparentDDP
@@ -212,7 +212,7 @@ class Context:
             captured = _state.capture(value)
             if captured is not _state.OPAQUE:
                 state[name] = captured
-        return state
+        return ContextState(state)
 
     def load_state_dict(self, state: Dict[str, Any], strict: bool = True) -> None:
         """Restore every item from ``state``, in place, and plain values on the context.

@@ -1,146 +1,146 @@
-"""Saving and loading checkpoints.
-
-A checkpoint is a plain ``torch.save`` file of a state dict that loads with
-``torch.load(weights_only=True)``: it never needs pickled code, so it is safe to open and
-keeps loading after the code that wrote it has changed.
-"""
-import collections
+"""save_checkpoint and wait_for_checkpoints: the writing side."""
+import functools
 import logging
 import os
 import pathlib
-import re
-from typing import Any, List, Optional, Union
-
-import torch
+from typing import Any, Mapping, Optional, Union
 
 from .. import _session
-from ..distributed import is_master
+from ..distributed import get_num_processes, is_master
 from ..errors import CheckpointError
+from . import _atomic, _background, _format, _retention, _runs, _snapshot
+from ._format import CONTEXT, STATE, ContextState
+from ._weights_only import unloadable_values
 
-__all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint"]
+__all__ = ["save_checkpoint", "wait_for_checkpoints"]
 
 logger = logging.getLogger("pystematic.torch.checkpoint")
 
-PathLike = Union[str, os.PathLike]
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
-_FILE_PATTERN = re.compile(r"^checkpoint-(?P<id>[A-Za-z0-9_.-]+)\.pt$")
-# Exact types: numpy.float64 subclasses float but needs pickled numpy code to load.
-_SAFE_PLAIN_TYPES = {str, bytes, int, float, bool, complex, type(None)}
-_SAFE_TORCH_TYPES = (torch.Tensor, torch.Size, torch.dtype, torch.device)
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 def save_checkpoint(
-    state: dict,
+    state: Mapping[str, Any],
     id: Union[int, str],
     directory: Optional[PathLike] = None,
-    overwrite: bool = False,
+    keep_last: Optional[int] = None,
+    blocking: bool = True,
 ) -> Optional[pathlib.Path]:
-    """Write ``state`` to ``<directory>/checkpoint-<id>.pt`` atomically.
+    """Save ``state`` as ``<directory>/checkpoint-<id>.pt``, atomically.
 
-    The file is written under a temporary name and renamed into place, so a crash or a kill
-    while saving leaves either the previous file or the complete new one, never half a file.
-    In a distributed run every rank may call this; only rank 0 writes.
+    The file is a plain ``torch.save`` file that loads with ``torch.load(weights_only=
+    True)``; next to the state it records the experiment's parameters, the world size, the
+    library version and a sequence number (see :doc:`checkpoints`). A crash or a kill while
+    saving leaves the previous file or the complete new one, never half a file, so saving an
+    id that exists (``id="best"``) replaces it safely.
+
+    Before anything is written, every recorder and HDF5 writer is flushed, so a kill right
+    after this call loses nothing recorded before it. In a distributed run every rank calls
+    this; each flushes its own recordings and rank 0 writes the file.
 
     Args:
-        state: Usually ``ctx.state_dict()``. Tensors, numbers, strings, None and dicts,
-            lists and tuples of these.
-        id: Names the checkpoint, e.g. the epoch. Letters, digits, ``_``, ``.`` and ``-``.
+        state: A dict, usually ``ctx.state_dict()``: tensors, numbers, strings, None, and
+            dicts, lists and tuples of these. A Context's state is what resuming a run
+            means; any other dict (a model's weights) is saved but never chosen to resume.
+        id: Names the checkpoint: an int such as the epoch, or letters, digits, ``_``,
+            ``.`` and ``-`` such as ``"best"``.
         directory: Where to write; defaults to the running experiment's output directory.
-        overwrite: Replace an existing checkpoint with the same id instead of refusing.
+        keep_last: Once this checkpoint is complete, delete the run's older checkpoints
+            with numeric ids until ``keep_last`` of them remain. Named checkpoints
+            (``best``) and the checkpoint this experiment resumed from are never deleted.
+        blocking: With False, copy the state to host memory (pinned memory for GPU
+            tensors), return, and write the file in a background thread. The next save,
+            :func:`wait_for_checkpoints` and the end of the experiment wait for it.
 
     Returns:
-        The path written, or None on ranks other than 0.
+        The checkpoint's path (with ``blocking=False``, where it is being written), or None
+        on ranks other than 0.
 
     Raises:
-        CheckpointError: the id has other characters, the file exists and ``overwrite`` is
-            False, no directory is known, the state holds values ``torch.load(weights_only=
-            True)`` cannot read (each is listed by its path), or the write failed.
+        CheckpointError: the id or ``keep_last`` is invalid, ``state`` is not a dict, no
+            directory is known, the state holds values ``torch.load(weights_only=True)``
+            cannot read (each is listed by its path), the write failed, or the previous
+            background write failed (raised before anything new is written).
+        Exception: flushing a recorder failed; it is raised after the checkpoint is saved.
     """
-    if not _ID_PATTERN.match(str(id)):
+    name = _format.file_name(id)
+    if keep_last is not None and (type(keep_last) is not int or keep_last < 1):
         raise CheckpointError(
-            f"Checkpoint id {id!r} has characters other than letters, digits, '_', '.' and '-'."
+            f"save_checkpoint got keep_last={keep_last!r}; give an int >= 1, or None to keep "
+            "every checkpoint."
         )
-    problems = _unloadable_values(state, "state")
+    kind = CONTEXT if isinstance(state, ContextState) else STATE
+    _format.with_metadata(state, {})  # refuses a non-dict or the reserved key
+    problems = unloadable_values(state, "state")
     if problems:
         raise CheckpointError(
-            "The checkpoint state holds values that torch.load(weights_only=True) cannot read; "
-            "turn them into tensors, numbers or strings: " + "; ".join(problems) + "."
+            "The checkpoint state holds values that torch.load(weights_only=True) cannot "
+            "read:\n  - " + "\n  - ".join(problems)
         )
-    if not is_master():
-        return None
-
-    target_dir = pathlib.Path(directory) if directory is not None else _default_directory()
-    target_dir.mkdir(parents=True, exist_ok=True)
-    path = target_dir / f"checkpoint-{id}.pt"
-    if path.exists() and not overwrite:
-        raise CheckpointError(
-            f"{path} already exists; pass overwrite=True to replace it or use another id."
-        )
-    temporary = target_dir / f".checkpoint-{id}.pt.tmp-{os.getpid()}"
-    try:
-        with open(temporary, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        _fsync_directory(target_dir)
-    except OSError as error:
-        raise CheckpointError(f"Could not write checkpoint {path}: {error}") from error
-    finally:
-        temporary.unlink(missing_ok=True)
-    logger.info("Saved checkpoint %s.", path)
+    flush_error = _flush_recordings()
+    if is_master():
+        path = _save_on_master(state, kind, name, str(id), directory, keep_last, blocking)
+    else:
+        path = None
+    if flush_error is not None:
+        logger.error("Checkpoint %s was saved, but flushing the recordings failed.", path)
+        raise flush_error
     return path
 
 
-def find_checkpoint(path: PathLike) -> pathlib.Path:
-    """Return the checkpoint file ``path`` names: the file itself, or a run directory's newest.
+def wait_for_checkpoints() -> None:
+    """Return once the checkpoint being written in the background (if any) is on disk.
 
-    The newest is the most recently written ``checkpoint-*.pt``; among files written in the
-    same instant the highest numeric id wins.
-
-    Raises:
-        CheckpointError: the path does not exist or the directory holds no checkpoint.
-    """
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"Checkpoint {str(path)!r} does not exist; give a checkpoint file or a run directory."
-        )
-    if path.is_file():
-        return path
-    candidates = [child for child in path.iterdir() if _FILE_PATTERN.match(child.name)]
-    if not candidates:
-        raise CheckpointError(f"Run directory {str(path)!r} holds no checkpoint-*.pt file.")
-
-    def newest_first(candidate: pathlib.Path):
-        file_id = _FILE_PATTERN.match(candidate.name)["id"]
-        numeric_id = int(file_id) if file_id.isdigit() else -1
-        return candidate.stat().st_mtime_ns, numeric_id
-
-    return max(candidates, key=newest_first)
-
-
-def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
-    """Read a checkpoint file, or a run directory's newest checkpoint.
-
-    Args:
-        path: A checkpoint file or a run's output directory.
-        map_location: Where tensors are loaded; CPU by default, since
-            ``Context.load_state_dict`` copies them onto the context's own device.
+    Use it before reading a checkpoint saved with ``blocking=False``, or to learn about a
+    failed write at a point of your choosing. The end of an experiment calls it too.
 
     Raises:
-        CheckpointError: nothing to load there, or the file is not a weights-only checkpoint.
+        CheckpointError: the background write failed; it names the checkpoint, and the
+            checkpoints written before it are intact.
     """
-    file = find_checkpoint(path)
+    _background.wait()
+
+
+def _flush_recordings() -> Optional[BaseException]:
     try:
-        state = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as error:
+        _session.make_durable()
+    except Exception as error:  # noqa: BLE001 - the checkpoint is still saved, then raised
+        return error
+    return None
+
+
+def _save_on_master(state, kind, name, checkpoint_id, directory, keep_last, blocking):
+    _background.wait()
+    target_dir = pathlib.Path(directory) if directory is not None else _default_directory()
+    path = target_dir / name
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        sequence = _runs.next_sequence(target_dir)
+    except OSError as error:
         raise CheckpointError(
-            f"Could not load checkpoint {str(file)!r} with torch.load(weights_only=True): "
-            f"{str(error).splitlines()[0]}"
+            f"Could not create checkpoint directory {target_dir}: {error}"
         ) from error
-    logger.info("Loaded checkpoint %s.", file)
-    return state
+    metadata = _format.metadata(kind, sequence, checkpoint_id, get_num_processes())
+    payload = _format.with_metadata(state, metadata)
+    if blocking:
+        try:
+            _write(payload, path, keep_last)
+        except Exception as error:
+            raise CheckpointError(
+                f"Could not write checkpoint {path}: {type(error).__name__}: {error}. The "
+                "checkpoints written before it are intact."
+            ) from error
+    else:
+        _background.start(path, functools.partial(_write, _snapshot.snapshot(payload), path,
+                                                  keep_last))  # fmt: skip
+    return path
+
+
+def _write(payload: Any, path: pathlib.Path, keep_last: Optional[int]) -> None:
+    _atomic.save_atomically(payload, path)
+    logger.info("Saved checkpoint %s.", path)
+    if keep_last is not None:
+        _retention.keep_last(path.parent, keep_last, newest=path)
 
 
 def _default_directory() -> pathlib.Path:
@@ -150,36 +150,4 @@ def _default_directory() -> pathlib.Path:
         )
     import pystematic
 
-    return pathlib.Path(pystematic.output_dir)
-
-
-def _unloadable_values(value: Any, path: str) -> List[str]:
-    if type(value) in _SAFE_PLAIN_TYPES or isinstance(value, _SAFE_TORCH_TYPES):
-        return []
-    if type(value) in (dict, collections.OrderedDict):
-        problems = []
-        for key, item in value.items():
-            if type(key) not in _SAFE_PLAIN_TYPES:
-                problems.append(f"{path}: key {key!r} of type {type(key).__name__}")
-            problems.extend(_unloadable_values(item, f"{path}[{key!r}]"))
-        return problems
-    if type(value) in (list, tuple, set):
-        problems = []
-        for index, item in enumerate(value):
-            problems.extend(_unloadable_values(item, f"{path}[{index}]"))
-        return problems
-    return [f"{path} is a {type(value).__module__}.{type(value).__qualname__}"]
-
-
-def _fsync_directory(directory: pathlib.Path) -> None:
-    # The rename is only durable once the directory entry itself reaches the disk.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return pathlib.Path(str(pystematic.output_dir))

@@ -64,7 +64,7 @@ def _hint(value: Any) -> str:
     if module == "numpy":
         return "use .item() for a number, or torch.from_numpy() for an array"
     if isinstance(value, torch.Tensor):
-        return "save a plain tensor: .detach() for a parameter subclass, .full_tensor() for a DTensor"
+        return "save a plain tensor: .detach() of a parameter subclass, .full_tensor() of a DTensor"
     if isinstance(value, torch.Generator):
         return "save generator.get_state(), a tensor"
     if isinstance(value, tuple) and hasattr(value, "_fields"):

@@ -93,12 +93,15 @@ def test_a_failed_background_write_is_raised_by_the_next_save(tmp_path, monkeypa
     assert pt.load_checkpoint(tmp_path / "checkpoint-0.pt") == {"v": 0}
 
 
-def test_a_failed_background_write_is_raised_by_wait_for_checkpoints(tmp_path, monkeypatch):
+def test_a_failed_background_write_is_raised_by_wait_for_checkpoints(
+    tmp_path, monkeypatch, caplog
+):
     writes = GatedSave(monkeypatch, fail=PermissionError(13, "Permission denied"))
     pt.save_checkpoint({"v": 1}, id=1, directory=tmp_path, blocking=False)
     writes.gate.set()
     with pytest.raises(pt.CheckpointError, match="PermissionError: .*Permission denied"):
         pt.wait_for_checkpoints()
+    assert "checkpoint-1.pt in the background failed: PermissionError" in caplog.text  # at once
     pt.wait_for_checkpoints()  # nothing left to report
 
 

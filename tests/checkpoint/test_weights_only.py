@@ -171,7 +171,7 @@ def test_refused_kinds_are_named_by_their_path_and_nothing_is_written(tmp_path, 
     make, type_name = REFUSED[kind]
     with pytest.raises(pt.CheckpointError) as info:
         pt.save_checkpoint({"ok": 1, "deep": {"list": [0, make()]}}, id=1, directory=tmp_path)
-    assert f"state['deep']['list'][1] is a " in str(info.value)
+    assert "state['deep']['list'][1] is a " in str(info.value)
     assert type_name in str(info.value)
     assert not any(tmp_path.iterdir())
     # Refusing is right: torch's own save and weights-only load fail or change the value.

@@ -1,19 +1,22 @@
 """How long saving a ~1 GiB CPU state takes, against a plain ``torch.save`` plus fsync.
 
-Run: ``python benchmarks/checkpoint.py [--mib 1024] [--pairs 3] [--dir DIR]``. In one
-process, on the same disk (``--dir``, by default a temporary folder under the current
-directory, so not a tmpfs):
+Run: ``python benchmarks/checkpoint.py [--mib 1024] [--rounds 7] [--dir DIR]``. In one
+process, on the same disk (a temporary folder under ``--dir``, by default the system's
+temporary directory; the file system it is on is printed, so a tmpfs shows), medians of
+``--rounds`` rounds:
 
-1. blocking saves: ``save_checkpoint(state, id="bench")`` (metadata, weights-only check,
-   recordings flush, temporary file, fsync, rename, directory fsync) against a hand-written
-   ``torch.save`` to an open file followed by ``flush`` and ``os.fsync``; the two
-   alternate, ``--pairs`` times, and the median of the per-pair ratios is printed;
+1. blocking saves: ``save_checkpoint`` (weights-only check, metadata, recordings flush,
+   temporary file, fsync, rename, directory fsync) against a hand-written ``torch.save`` to
+   an open file followed by ``flush`` and ``os.fsync``, alternating, which goes first
+   swapped every round. Twice: writing a new file each round (a checkpoint per epoch), and
+   replacing one id against overwriting one path (not atomic: a kill mid-write loses the old
+   file). Beside the ratio, the part of ``save_checkpoint``'s time spent outside
+   ``torch.save`` and ``fsync``: our own work, which the disk's noise does not blur;
 2. ``blocking=False``: how long the call blocks the loop, next to how long the snapshot's
-   own copy into host memory takes (``_snapshot.snapshot``) and to a plain
-   ``{name: tensor.clone()}`` of the same state, and the full time until
-   ``wait_for_checkpoints()`` returns;
-3. how fast a small CPU training loop steps while the background write runs, against the
-   same loop with no write running.
+   own copy into host memory takes (``_snapshot.snapshot``) and a plain ``clone()`` of
+   every tensor, and the full time until ``wait_for_checkpoints()`` returns;
+3. how fast a small CPU training loop (one thread) steps while a background write runs,
+   against the same loop with no write running.
 
 The state is shaped like a model with its Adam moments: tensors of 1-16 MiB.
 """
@@ -21,10 +24,11 @@ import argparse
 import os
 import pathlib
 import platform
-import statistics
+import stat
 import tempfile
 import threading
 import time
+from statistics import median
 
 import torch
 
@@ -47,6 +51,30 @@ def make_state(mib: int) -> ContextState:
     return ContextState(epoch=3, model=params, optimizer={"state": moments, "lr": 1e-3})
 
 
+class WriteTimer:
+    """Sums the time spent inside ``torch.save`` and a file's ``os.fsync`` while it is on.
+
+    A directory's fsync (after the rename) is not counted: it is our own work.
+    """
+
+    def __init__(self):
+        self.seconds, self.on = 0.0, False
+        save, fsync = torch.save, os.fsync
+        torch.save = self._timed(save, lambda *args: True)
+        os.fsync = self._timed(fsync, lambda fd: not stat.S_ISDIR(os.fstat(fd).st_mode))
+
+    def _timed(self, function, counts):
+        def timed(*args):
+            start = time.perf_counter()
+            try:
+                return function(*args)
+            finally:
+                if self.on and counts(*args):
+                    self.seconds += time.perf_counter() - start
+
+        return timed
+
+
 def plain_save(state, path: pathlib.Path) -> float:
     start = time.perf_counter()
     with open(path, "wb") as file:
@@ -56,29 +84,51 @@ def plain_save(state, path: pathlib.Path) -> float:
     return time.perf_counter() - start
 
 
-def our_save(state, directory: pathlib.Path) -> float:
+def our_save(state, directory: pathlib.Path, checkpoint_id, timer: WriteTimer):
+    """The call's time, and the part of it spent outside torch.save and fsync."""
+    timer.seconds, timer.on = 0.0, True
     start = time.perf_counter()
-    pt.save_checkpoint(state, id="bench", directory=directory)
-    return time.perf_counter() - start
+    pt.save_checkpoint(state, id=checkpoint_id, directory=directory)
+    total = time.perf_counter() - start
+    timer.on = False
+    return total, total - timer.seconds
 
 
-def background_save(state, directory: pathlib.Path):
-    start = time.perf_counter()
-    pt.save_checkpoint(state, id="background", directory=directory, blocking=False)
-    blocked = time.perf_counter() - start
-    pt.wait_for_checkpoints()
-    return blocked, time.perf_counter() - start
+def blocking_rounds(state, directory: pathlib.Path, rounds: int, replace: bool, timer):
+    """Alternate ours and plain, swapping which goes first every round."""
+    ours, plain, extra = [], [], []
+    for index in range(rounds):
+        ours_id = "bench" if replace else index
+        plain_path = directory / ("plain.pt" if replace else f"plain-{index}.pt")
+        for ours_now in ((True, False) if index % 2 else (False, True)):
+            if ours_now:
+                total, own_work = our_save(state, directory, ours_id, timer)
+                ours.append(total)
+                extra.append(own_work)
+            else:
+                plain.append(plain_save(state, plain_path))
+        if not replace:  # each round writes new files, as a run saving every epoch does
+            for old in [*directory.glob("plain-*.pt"), *directory.glob("checkpoint-*.pt")]:
+                old.unlink()
+    return ours, plain, extra
 
 
-def copy_times(state):
-    start = time.perf_counter()
-    _snapshot.snapshot(state)
-    ours = time.perf_counter() - start
-    tensors = [t for layer in state["optimizer"]["state"].values() for t in layer.values()]
-    tensors += list(state["model"].values())
-    start = time.perf_counter()
-    [t.clone() for t in tensors]
-    return ours, time.perf_counter() - start
+def background_rounds(state, directory: pathlib.Path, rounds: int):
+    blocked, copy, clone, full = [], [], [], []
+    tensors = list(_tensors(state))
+    for _ in range(rounds):
+        start = time.perf_counter()
+        _snapshot.snapshot(state)
+        copy.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        [t.clone() for t in tensors]
+        clone.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        pt.save_checkpoint(state, id="background", directory=directory, blocking=False)
+        blocked.append(time.perf_counter() - start)
+        pt.wait_for_checkpoints()
+        full.append(time.perf_counter() - start)
+    return blocked, copy, clone, full
 
 
 def training_rate(seconds: float, while_writing=None):
@@ -94,7 +144,7 @@ def training_rate(seconds: float, while_writing=None):
         pt.save_checkpoint(state, id="during", directory=directory, blocking=False)
         threading.Thread(target=lambda: (pt.wait_for_checkpoints(), done.set())).start()
     steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds and not (while_writing and done.is_set()):
+    while time.perf_counter() - start < seconds and not done.is_set():
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -109,40 +159,53 @@ def training_rate(seconds: float, while_writing=None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=1024)
-    parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--dir", type=pathlib.Path, default=pathlib.Path.cwd())
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--dir", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()))
     args = parser.parse_args()
     torch.set_num_threads(1)  # the loop's own thread; the writer gets the other core
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, torch {torch.__version__}")
+    print(f"disk: {_file_system(args.dir)}")
     state = make_state(args.mib)
     size = sum(t.numel() * t.element_size() for t in _tensors(state)) / 2**20
-    print(f"state: {size:.0f} MiB in {sum(1 for _ in _tensors(state))} tensors")
+    print(f"state: {size:.0f} MiB in {sum(1 for _ in _tensors(state))} tensors; medians of "
+          f"{args.rounds} rounds")
+    timer = WriteTimer()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="checkpoint-bench-") as root:
         directory = pathlib.Path(root)
-        ours, plain = [], []
-        our_save(state, directory)  # the first save reads the directory: not what we time
-        for _ in range(args.pairs):
-            plain.append(plain_save(state, directory / "plain.pt"))
-            ours.append(our_save(state, directory))
-        ratios = [o / p for o, p in zip(ours, plain)]
-        print(f"blocking save_checkpoint: {_seconds(ours)}")
-        print(f"torch.save + fsync:       {_seconds(plain)}")
-        print(f"ratio ours / plain (median of {args.pairs} pairs): "
-              f"{statistics.median(ratios):.2f}x (each: "
-              f"{', '.join(f'{r:.2f}' for r in ratios)})")
+        pt.save_checkpoint({}, id="warm-up", directory=directory)  # reads the directory once
+        for replace in (False, True):
+            ours, plain, extra = blocking_rounds(state, directory, args.rounds, replace, timer)
+            what = ("replacing one id / overwriting one path" if replace
+                    else "a new file per save")  # fmt: skip
+            print(f"blocking, {what}: save_checkpoint {_median(ours)}, torch.save + fsync "
+                  f"{_median(plain)}, ratio of medians {median(ours) / median(plain):.2f}x")
+            print(f"  of which save_checkpoint's own work besides torch.save and fsync: "
+                  f"{_median(extra)} ({median(extra) / median(ours):.1%})")
 
-        snapshot_copy, clone = copy_times(state)
-        blocked, full = background_save(state, directory)
-        print(f"blocking=False: the call blocked {blocked:.2f} s; the snapshot's own copy "
-              f"takes {snapshot_copy:.2f} s (a plain clone of every tensor {clone:.2f} s); "
-              f"written and fsynced after {full:.2f} s")
+        blocked, copy, clone, full = background_rounds(state, directory, args.rounds)
+        print(f"blocking=False: the call blocked {_median(blocked)}; the snapshot's own copy "
+              f"{_median(copy)} (a plain clone of every tensor {_median(clone)}); written "
+              f"and fsynced after {_median(full)}")
 
-        idle = training_rate(5.0)
-        during = training_rate(60.0, while_writing=(state, directory))
-        print(f"training loop: {idle:.0f} steps/s alone, {during:.0f} steps/s while the "
-              f"background write runs ({during / idle:.0%})")
+        idle = [training_rate(5.0) for _ in range(2)]
+        during = [training_rate(60.0, while_writing=(state, directory)) for _ in range(2)]
+        print(f"training loop: {median(idle):.0f} steps/s alone, {median(during):.0f} steps/s "
+              f"while a background write runs ({median(during) / median(idle):.0%}; "
+              f"each: {', '.join(f'{d:.0f}' for d in during)})")
+
+
+def _file_system(path: pathlib.Path) -> str:
+    """The mount holding ``path``, as /proc/mounts names it (device, mount point, type)."""
+    path = path.resolve()
+    try:
+        mounts = [line.split()[:3] for line in open("/proc/mounts")]
+    except OSError:
+        return str(path)
+    device, point, kind = max((m for m in mounts if path.is_relative_to(m[1])),
+                              key=lambda m: len(m[1]))  # fmt: skip
+    return f"{path} on {device} ({kind}, mounted at {point})"
 
 
 def _tensors(value):
@@ -153,8 +216,8 @@ def _tensors(value):
             yield from _tensors(item)
 
 
-def _seconds(times) -> str:
-    return f"median {statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)})"
+def _median(times) -> str:
+    return f"{median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)})"
 
 
 if __name__ == "__main__":

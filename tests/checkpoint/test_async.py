@@ -1,4 +1,5 @@
 """blocking=False: a snapshot in host memory, written by a background thread."""
+import os
 import threading
 
 import pytest
@@ -18,12 +19,14 @@ class GatedSave:
         self.real = torch.save
         self.gate = threading.Event()
         self.events = []
+        self.niceness = []
         self.fail = fail
         monkeypatch.setattr(_atomic.torch, "save", self)
 
     def __call__(self, obj, file):
         checkpoint_id = obj["_pystematic_torch"]["id"]
         self.events.append(("start", checkpoint_id))
+        self.niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         assert self.gate.wait(60), "the test never released the write"
         if self.fail:
             raise self.fail
@@ -46,6 +49,8 @@ def test_the_call_returns_before_the_write_and_the_file_holds_the_state_of_the_c
     pt.wait_for_checkpoints()
     loaded = pt.load_checkpoint(path)
     assert torch.equal(loaded["w"], torch.zeros(4))
+    # The writer yields the CPU to the training loop.
+    assert writes.niceness == [min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)]
     assert loaded["history"] == [1.0] and loaded["inner"] == {"step": 1}
 
 

@@ -35,6 +35,7 @@ import torch
 
 import pystematic_torch as pt
 from pystematic_torch.checkpoint import ContextState, _background, _snapshot
+from pystematic_torch.devices import iter_tensors
 
 
 def make_state(mib: int) -> ContextState:
@@ -116,7 +117,7 @@ def blocking_rounds(state, directory: pathlib.Path, rounds: int, replace: bool, 
 
 def background_rounds(state, directory: pathlib.Path, rounds: int):
     blocked, copy, clone, full = [], [], [], []
-    tensors = list(_tensors(state))
+    tensors = list(iter_tensors(state))
     for _ in range(rounds):
         start = time.perf_counter()
         _snapshot.snapshot(state)
@@ -169,8 +170,8 @@ def main() -> None:
           f"{platform.python_version()}, torch {torch.__version__}")
     print(f"disk: {_file_system(args.dir)}")
     state = make_state(args.mib)
-    size = sum(t.numel() * t.element_size() for t in _tensors(state)) / 2**20
-    print(f"state: {size:.0f} MiB in {sum(1 for _ in _tensors(state))} tensors; medians of "
+    size = sum(t.numel() * t.element_size() for t in iter_tensors(state)) / 2**20
+    print(f"state: {size:.0f} MiB in {sum(1 for _ in iter_tensors(state))} tensors; medians of "
           f"{args.rounds} rounds")
     timer = WriteTimer()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="checkpoint-bench-") as root:
@@ -213,14 +214,6 @@ def _file_system(path: pathlib.Path) -> str:
     device, point, kind = max((m for m in mounts if path.is_relative_to(m[1])),
                               key=lambda m: len(m[1]))  # fmt: skip
     return f"{path} on {device} ({kind}, mounted at {point})"
-
-
-def _tensors(value):
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
 
 
 def _median(times) -> str:

@@ -6,6 +6,7 @@ experiment's parameters, the world size, the run's sequence number, the kind of 
 time). :func:`split` takes it out again, so loaders see exactly the dict that was saved.
 """
 import collections
+import copy
 import dataclasses
 import datetime
 import pathlib
@@ -39,11 +40,21 @@ class ContextState(dict):
     A checkpoint of a ``ContextState`` is what resuming a run means; any other state (a
     model's weights for deployment) is saved as well, but never chosen to resume from.
     Pickled (``torch.save(ctx.state_dict(), f)`` by hand) it becomes an ``OrderedDict``,
-    because ``torch.load(weights_only=True)`` refuses classes it does not know.
+    because ``torch.load(weights_only=True)`` refuses classes it does not know; copies
+    (``copy.deepcopy``, to keep the best state in memory) stay ``ContextState``.
     """
 
     def __reduce_ex__(self, protocol):
         return collections.OrderedDict, (), None, None, iter(self.items())
+
+    def __copy__(self) -> "ContextState":
+        return ContextState(self)
+
+    def __deepcopy__(self, memo: dict) -> "ContextState":
+        copied = memo[id(self)] = ContextState()
+        for key, value in self.items():
+            copied[copy.deepcopy(key, memo)] = copy.deepcopy(value, memo)
+        return copied
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,10 @@
 """load_checkpoint: the reading side, and the warnings when the run differs from the writer."""
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Optional, Set, Union
-
-import torch
+from typing import Any, Dict, List, Optional, Set, Union
 
 from .. import _session
+from ..devices import iter_tensors
 from ..distributed import get_num_processes
 from . import _format, _retention
 from ._runs import find_checkpoint
@@ -93,18 +92,7 @@ def _shape_parameters_changed(saved: Any, state: Any) -> List[tuple]:
         if new == old:
             continue
         if sizes is None:
-            sizes = {size for tensor in _tensors(state) for size in tensor.shape}
+            sizes = {size for tensor in iter_tensors(state) for size in tensor.shape}
         if old in sizes:
             changed.append((name, old, new))
     return changed
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (list, tuple, set)):
-        for item in value:
-            yield from _tensors(item)

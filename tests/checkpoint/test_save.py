@@ -1,4 +1,5 @@
 import collections
+import copy
 import datetime
 import os
 
@@ -8,7 +9,7 @@ import torch
 import pystematic_torch as pt
 from pystematic_torch import _session
 from pystematic_torch._version import __version__
-from pystematic_torch.checkpoint import _atomic
+from pystematic_torch.checkpoint import ContextState, _atomic
 
 METADATA = "_pystematic_torch"
 
@@ -106,6 +107,17 @@ def test_a_context_state_saved_by_hand_still_loads_weights_only(tmp_path):
     assert list(loaded) == ["model"]
     pt.save_checkpoint(ctx.state_dict(), id=1, directory=tmp_path)
     assert type(pt.load_checkpoint(tmp_path / "checkpoint-1.pt")) is dict
+
+
+def test_a_copy_of_a_context_state_is_still_one(tmp_path):
+    ctx = pt.Context()
+    ctx.model = torch.nn.Linear(2, 2)
+    best = copy.deepcopy(ctx.state_dict())  # the keep-the-best-in-memory pattern
+    assert type(best) is ContextState and type(copy.copy(best)) is ContextState
+    ctx.model.weight.data.zero_()
+    pt.save_checkpoint(best, id="best", directory=tmp_path)
+    assert pt.checkpoint_info(tmp_path).id == "best"  # resumable, unlike a plain dict
+    assert not torch.equal(pt.load_checkpoint(tmp_path)["model"]["weight"], torch.zeros(2, 2))
 
 
 def test_the_state_must_be_a_dict_without_the_reserved_key(tmp_path):

@@ -3,6 +3,7 @@ import functools
 import logging
 import os
 import pathlib
+import threading
 from typing import Any, Mapping, Optional, Union
 
 from .. import _session
@@ -17,6 +18,8 @@ __all__ = ["save_checkpoint", "wait_for_checkpoints"]
 logger = logging.getLogger("pystematic.torch.checkpoint")
 
 PathLike = Union[str, "os.PathLike[str]"]
+# Saves from several threads take turns, so each waits for the write before it.
+_one_save_at_a_time = threading.Lock()
 
 
 def save_checkpoint(
@@ -25,6 +28,8 @@ def save_checkpoint(
     directory: Optional[PathLike] = None,
     keep_last: Optional[int] = None,
     blocking: bool = True,
+    *,
+    overwrite: bool = True,
 ) -> Optional[pathlib.Path]:
     """Save ``state`` as ``<directory>/checkpoint-<id>.pt``, atomically.
 
@@ -51,13 +56,15 @@ def save_checkpoint(
         blocking: With False, copy the state to host memory (pinned memory for GPU
             tensors), return, and write the file in a background thread. The next save,
             :func:`wait_for_checkpoints` and the end of the experiment wait for it.
+        overwrite: With False, refuse to replace a checkpoint that has this id already.
 
     Returns:
         The checkpoint's path (with ``blocking=False``, where it is being written), or None
         on ranks other than 0.
 
     Raises:
-        CheckpointError: the id or ``keep_last`` is invalid, ``state`` is not a dict, no
+        CheckpointError: the id or ``keep_last`` is invalid, the checkpoint exists and
+            ``overwrite`` is False, ``state`` is not a dict, no
             directory is known, the state holds values ``torch.load(weights_only=True)``
             cannot read (each is listed by its path), the write failed, or the previous
             background write failed (raised before anything new is written).
@@ -78,10 +85,11 @@ def save_checkpoint(
             "read:\n  - " + "\n  - ".join(problems)
         )
     flush_error = _flush_recordings()
+    path = None
     if is_master():
-        path = _save_on_master(state, kind, name, str(id), directory, keep_last, blocking)
-    else:
-        path = None
+        with _one_save_at_a_time:
+            path = _save_on_master(state, kind, name, str(id), directory, keep_last, blocking,
+                                   overwrite)  # fmt: skip
     if flush_error is not None:
         logger.error("Checkpoint %s was saved, but flushing the recordings failed.", path)
         raise flush_error
@@ -109,10 +117,15 @@ def _flush_recordings() -> Optional[BaseException]:
     return None
 
 
-def _save_on_master(state, kind, name, checkpoint_id, directory, keep_last, blocking):
+def _save_on_master(state, kind, name, checkpoint_id, directory, keep_last, blocking, overwrite):
     _background.wait()
     target_dir = pathlib.Path(directory) if directory is not None else _default_directory()
     path = target_dir / name
+    if not overwrite and path.exists():
+        raise CheckpointError(
+            f"{path} already exists and overwrite=False; use another id, or leave overwrite "
+            "at True to replace it atomically."
+        )
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
         sequence = _runs.next_sequence(target_dir)

@@ -35,6 +35,13 @@ def test_saving_an_existing_id_replaces_it(tmp_path):
     assert os.listdir(tmp_path) == ["checkpoint-best.pt"]
 
 
+def test_overwrite_false_refuses_to_replace(tmp_path):
+    pt.save_checkpoint({"v": 1}, id="final", directory=tmp_path, overwrite=False)
+    with pytest.raises(pt.CheckpointError, match="already exists and overwrite=False; use "):
+        pt.save_checkpoint({"v": 2}, id="final", directory=tmp_path, overwrite=False)
+    assert pt.load_checkpoint(tmp_path / "checkpoint-final.pt") == {"v": 1}
+
+
 def test_a_write_that_fails_halfway_leaves_the_previous_file(tmp_path, monkeypatch):
     pt.save_checkpoint({"v": torch.ones(1000)}, id="best", directory=tmp_path)
 

@@ -14,7 +14,7 @@ from torch import nn
 from . import _seeding, _session, _state
 from ._context import guards, loading
 from ._context.moves import leaves, map_leaves, move, require_cuda
-from .checkpoint import load_checkpoint
+from .checkpoint import ContextState, load_checkpoint
 from .devices import DeviceLike, resolve_device
 from .distributed import get_rank, is_distributed
 from .distributed._ddp import TransparentDDP
@@ -244,7 +244,7 @@ class Context:
             captured = _state.capture(value)
             if captured is not _state.OPAQUE:
                 state[name] = captured
-        return state
+        return ContextState(state)
 
     def load_state_dict(self, state: Dict[str, Any], strict: bool = True) -> None:
         """Restore every item from ``state``, in place, and plain values on the context.

@@ -178,7 +178,7 @@ def test_state_dict_round_trip_restores_everything_in_place(tmp_path):
     ctx.epoch = 7
     ctx.extra["history"].append(3.0)
     path = pt.save_checkpoint(ctx.state_dict(), id=1, directory=tmp_path)
-    saved = torch.load(path, weights_only=True)
+    saved = torch.load(path, weights_only=True)  # as a user would, metadata entry and all
 
     fresh = make_session()
     model, optimizer = fresh.model, fresh.optimizer

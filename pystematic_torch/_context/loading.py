@@ -13,6 +13,7 @@ import logging
 from typing import Any, Dict, List, Mapping, Tuple
 
 from .. import _state
+from ..checkpoint._format import METADATA_KEY
 from ..errors import StateDictError
 
 logger = logging.getLogger("pystematic.torch")
@@ -42,6 +43,9 @@ def load_items(items: Dict[str, Any], state: Any, strict: bool) -> List[str]:
             f"Context.load_state_dict needs a dict from Context.state_dict(), "
             f"got {type(state).__name__}."
         )
+    if METADATA_KEY in state:
+        # A checkpoint file read with torch.load directly: what wrote it, not an item.
+        state = {name: value for name, value in state.items() if name != METADATA_KEY}
     stateful = [name for name, value in items.items() if _state.has_state(value)]
     to_load = [name for name in stateful if name in state]
     problems: List[str] = []

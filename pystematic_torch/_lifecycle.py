@@ -16,7 +16,7 @@ import signal
 import threading
 from typing import Optional
 
-from . import _run_record, _session
+from . import _run_record, _rundir, _session
 from .errors import LaunchError
 
 logger = logging.getLogger("pystematic.torch")
@@ -39,10 +39,14 @@ def prepare(experiment, params) -> None:
             from .distributed import _job
 
             _job.prepare(params)
+            first_rank = _job.rank() == 0
         else:
             from .distributed._launch import check_not_distributed
 
             _launch_warnings[:] = check_not_distributed(params, os.environ)
+            first_rank = True
+        if first_rank and _wants_latest(params):
+            _resolve_latest(experiment, params)
     except BaseException as error:
         _abandon_launch(error, params)
         raise
@@ -163,6 +167,56 @@ class _PlainEnding(logging.Filter):
             record.msg = f"{ended}: stopped because {_job.echo_of(error)}."
             record.args = ()
         return True
+
+
+#: ``--checkpoint latest``: resume the newest run of this experiment, in its own directory.
+LATEST = "latest"
+
+
+def _wants_latest(params) -> bool:
+    return params.get("checkpoint") is not None and str(params["checkpoint"]) == LATEST
+
+
+def _resolve_latest(experiment, params) -> None:
+    """Turn ``--checkpoint latest`` into the run to continue, or into a fresh start.
+
+    The same command then serves a job's first start and every requeue (SLURM
+    ``--requeue``, a spot instance coming back): the newest run of this experiment under
+    ``--output-dir`` that holds a Context checkpoint is continued in its own directory, so
+    its logs, recordings and checkpoints stay one run; with none, a new run starts.
+    """
+    import pathlib
+
+    from .checkpoint import find_latest_run, list_checkpoints
+
+    continued = _rundir.pending()
+    if continued is not None:  # a torchrun restart continues its first attempt's run
+        has_state = any(info.kind == "context" for info in list_checkpoints(continued))
+        params["checkpoint"] = continued if has_state else None
+        return
+    run = find_latest_run(params["output_dir"], experiment.name)
+    if run is None:
+        params["checkpoint"] = None
+        _launch_warnings.append(
+            f"--checkpoint latest: no earlier run of {experiment.name!r} with a checkpoint "
+            f"under {params['output_dir']}; starting a new run."
+        )
+        return
+    _rundir.continue_in(run)
+    params["checkpoint"] = run
+    recorded = _recorded_seed(pathlib.Path(run))
+    if recorded is not None:
+        params["random_seed"] = recorded
+
+
+def _recorded_seed(run) -> Optional[int]:
+    from pystematic.standard_plugin import yaml_wrapper
+
+    try:
+        with open(run / "parameters.yaml") as handle:
+            return int(yaml_wrapper.load(handle)["random_seed"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _outcome_of(error: Optional[BaseException]) -> str:

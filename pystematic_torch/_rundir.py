@@ -23,6 +23,11 @@ def continue_in(directory: pathlib.Path) -> None:
     _continue_in = pathlib.Path(directory)
 
 
+def pending() -> Optional[pathlib.Path]:
+    """The directory the coming experiment continues in, if one was chosen."""
+    return _continue_in
+
+
 def join_as_rank(params: dict, run_dir: pathlib.Path, rank: int) -> None:
     """Make this process, rank ``rank`` > 0, write its log into ``run_dir`` (rank 0's).
 
@@ -71,4 +76,4 @@ def _continue(api, experiment, params: dict, directory: pathlib.Path) -> None:
     api._log_handler = standard_plugin.StandardLogHandler(directory / "log.txt")
     logging.basicConfig(level="DEBUG" if params["debug"] else "INFO",
                         handlers=[api._log_handler], force=True)  # fmt: skip
-    logger.info("Continuing run %s.", directory)
+    logger.info("Continuing run %s in its own directory.", directory)

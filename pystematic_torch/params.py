@@ -72,8 +72,10 @@ def default_parameters() -> List[pystematic.core.Parameter]:
             "checkpoint",
             type=pathlib.Path,
             default=None,
-            help="Checkpoint file, or run directory (its newest checkpoint is used), to resume "
-            "from. Context.autotransform() loads it.",
+            help="What to resume from: a checkpoint file; a run directory (the last Context "
+            "checkpoint it wrote); or 'latest', the newest run of this experiment, continued in "
+            "its own directory, or a new run when there is none. Context.autotransform() "
+            "loads it.",
         ),
         _parameter(
             "cuda",

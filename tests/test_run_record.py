@@ -54,7 +54,9 @@ def test_every_way_of_ending_is_recorded(tmp_path, mode, status, exit_code):
 
 def test_the_checkpoint_resumed_from_is_recorded_as_a_file(tmp_path):
     old_run = tmp_path / "old"
-    pystematic_torch.save_checkpoint({"epoch": 1}, id=1, directory=old_run)
+    ctx = pystematic_torch.Context()
+    ctx.epoch = 1
+    pystematic_torch.save_checkpoint(ctx.state_dict(), id=1, directory=old_run)
     record, _ = run_in_process(tmp_path / "new", mode="ok", checkpoint=str(old_run))
     assert record["resumed_from"] == str((old_run / "checkpoint-1.pt").resolve())
 

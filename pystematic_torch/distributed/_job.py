@@ -89,8 +89,8 @@ def prepare(params: dict) -> None:
         run = rendezvous.wait_for_run(timeout, watch=lambda: None)
         _rundir.join_as_rank(params, pathlib.Path(run["dir"]), info.rank)
         params["random_seed"] = run["seed"]
-        if run["resumed"] is not None:
-            params["checkpoint"] = pathlib.Path(run["resumed"])
+        # Whatever --checkpoint said here, rank 0 resolved it (``latest`` included).
+        params["checkpoint"] = None if run["resumed"] is None else pathlib.Path(run["resumed"])
 
 
 def start(params: dict) -> None:
@@ -312,6 +312,11 @@ def _restore_environment(saved: Dict[str, str]) -> None:
     for name in set(os.environ) - set(saved):
         del os.environ[name]
     os.environ.update(saved)
+
+
+def rank() -> int:
+    """This process's global rank in the job being prepared or run; 0 outside one."""
+    return _job.info.rank if _job is not None else 0
 
 
 def world_size() -> int:

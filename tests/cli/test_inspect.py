@@ -35,8 +35,8 @@ def test_items_tensors_values_and_totals_are_listed(tmp_path):
     assert code == 0, output
     lines = lines_of(output)
     assert re.fullmatch(rf"{re.escape(str(path))} \(\d+\.\d KiB on disk\)", lines[0])
-    assert "written by" not in output  # today's files carry no metadata
-    assert lines[1] == "items:"
+    assert lines[1] == f"written by pystematic-torch {pystematic_torch.__version__}"
+    assert "kind: state" in lines and "items:" in lines
     assert "model dict 2 entries; 2 tensor(s), 40 B" in lines
     assert "weight tensor float32 [2, 4] 32 B" in lines
     assert "bias tensor float32 [2] 8 B" in lines
@@ -71,9 +71,13 @@ def test_shared_storage_counts_once_and_depth_limits_the_listing(tmp_path):
     assert lines[-1] == "total: 2 tensor(s), 1.0 KiB"
 
 
-def test_a_run_directory_means_its_newest_checkpoint(tmp_path):
-    pystematic_torch.save_checkpoint({"epoch": 1}, id=1, directory=tmp_path)
-    newest = pystematic_torch.save_checkpoint({"epoch": 2}, id=2, directory=tmp_path)
+def test_a_run_directory_means_its_last_context_checkpoint(tmp_path):
+    ctx = pystematic_torch.Context()
+    ctx.epoch = 1
+    pystematic_torch.save_checkpoint(ctx.state_dict(), id=1, directory=tmp_path)
+    ctx.epoch = 2
+    newest = pystematic_torch.save_checkpoint(ctx.state_dict(), id=2, directory=tmp_path)
+    pystematic_torch.save_checkpoint({"epoch": 9}, id="best", directory=tmp_path)
     code, output = invoke("inspect", tmp_path)
     assert code == 0 and output.startswith(str(newest)) and "epoch int 2" in lines_of(output)
 

@@ -36,6 +36,7 @@ def record_job(params):
     torch.manual_seed(0)
     rank = pt.get_rank() if pt.is_distributed() else 0
     ctx = pt.Context()
+    ctx.step = 0
     backends = [BrokenDisk()] if params["event"] == "teardown" else []
     ctx.recorder = pt.Recorder(hdf5=True, backends=backends, flush_secs=3600)
     ctx.model = nn.Linear(4, 1)
@@ -44,15 +45,15 @@ def record_job(params):
     ctx.loader = pt.SmartDataLoader(data, batch_size=4, shuffle=True, loading_bar=False,
                                     num_workers=1, persistent_workers=True)  # fmt: skip
     ctx.autotransform()
-    rows = pt.HDF5Writer(os.path.join(str(pystematic.output_dir), "rows.h5"))
-    print(f"READY rank={rank} pid={os.getpid()}", flush=True)
-    step = 0
-    while step < params["steps"]:
+    rows = pt.HDF5Writer(os.path.join(str(pystematic.output_dir), "rows.h5"), mode="a")
+    print(f"READY rank={rank} pid={os.getpid()} step={ctx.step}", flush=True)
+    while ctx.step < params["steps"]:
         for x, y in ctx.loader:
             loss = nn.functional.mse_loss(ctx.model(x), y)
             ctx.optimizer.zero_grad()
             loss.backward()
             ctx.optimizer.step()
+            step = ctx.step
             if params["event"] == "raise" and rank == params["fail_rank"] and step == params["at"]:
                 raise ValueError(f"deliberate failure on rank {rank} at step {step}")
             ctx.recorder.scalar("train/step", step)
@@ -61,12 +62,12 @@ def record_job(params):
             ctx.recorder.step()
             rows.append(step=[step], rank=[rank])
             print(f"STEP rank={rank} step={step}", flush=True)
-            step += 1
+            ctx.step += 1
             every = params["checkpoint_every"]
-            if every and step % every == 0:
-                pt.save_checkpoint(ctx.state_dict(), id=step, overwrite=True)
-                print(f"SAVED step={step - 1}", flush=True)
-            if step >= params["steps"]:
+            if every and ctx.step % every == 0:
+                pt.save_checkpoint(ctx.state_dict(), id=ctx.step)
+                print(f"SAVED step={step}", flush=True)
+            if ctx.step >= params["steps"]:
                 break
     print(f"DONE rank={rank}", flush=True)
 

@@ -1,0 +1,61 @@
+"""``--checkpoint latest``: one command for a job's first start and every requeue."""
+import csv
+import json
+import pathlib
+import re
+import signal
+
+import pytest
+
+from tests.support.jobs import Job, job_args
+
+JOB = pathlib.Path(__file__).parent / "jobs" / "record.py"
+COMMAND = ("--checkpoint", "latest", "--steps", "30", "--checkpoint-every", "5",
+           "--backlog", "5")  # fmt: skip
+
+
+def csv_rows(directory):
+    with open(directory / "scalars.csv", newline="") as handle:
+        return [(int(row["step"]), row["tag"]) for row in csv.DictReader(handle)]
+
+
+def tensorboard_steps(directory):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(directory), size_guidance={event_accumulator.SCALARS: 0}
+    )
+    accumulator.Reload()
+    return [event.step for event in accumulator.Scalars("train/step")]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_the_same_command_starts_then_continues_the_run_in_its_own_directory(tmp_path, ranks):
+    extra = ("--distributed", "--nproc_per_node", "2") if ranks == 2 else ()
+    args = job_args(*extra, *COMMAND, script=JOB, output=tmp_path)
+
+    first = Job(args, tmp_path)
+    first.wait_for(r"STEP rank=0 step=12")
+    first.process.send_signal(signal.SIGTERM)  # the scheduler preempts the job ...
+    code, _ = first.finish()
+    assert code == 143, first.output
+    # rich wraps log lines at the console's width: compare with the line breaks undone.
+    assert "no earlier run of 'record-job' with a checkpoint" in " ".join(first.output.split())
+
+    second = Job(args, tmp_path)  # ... and requeues the very same command
+    code, _ = second.finish()
+    assert code == 0, second.output
+    (run_dir,) = (tmp_path / "record-job").iterdir()  # one run, continued in place
+    resumed_at = int(re.search(r"READY rank=0 pid=\d+ step=(\d+)", second.output).group(1))
+    assert resumed_at >= 13
+    assert "Continuing run" in (run_dir / "log.txt").read_text()
+
+    rows = csv_rows(run_dir)
+    steps = [step for step, tag in rows if tag == "train/step"]
+    assert steps == list(range(30))  # no step missing, none written twice
+    assert len(rows) == len(set(rows))
+    assert sorted(tensorboard_steps(run_dir)) == list(range(30))
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "finished"
+    assert "checkpoint-preempted.pt" in (record["resumed_from"] or "")

@@ -276,11 +276,12 @@ def _sync_batchnorm_body(rank):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm needs a CUDA GPU")
 @pytest.mark.timeout(120)
 def test_sync_batchnorm_converts_on_cuda():
-    import torch.distributed as dist
-    from multiprocess import free_port
+    import datetime
 
-    address = f"tcp://127.0.0.1:{free_port()}"
-    dist.init_process_group("nccl", init_method=address, rank=0, world_size=1)
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, 1, True, datetime.timedelta(seconds=60))
+    dist.init_process_group("nccl", store=store, rank=0, world_size=1)
     assert _sync_batchnorm_body(0)
 
 

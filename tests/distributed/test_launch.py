@@ -134,7 +134,7 @@ def test_two_nodes_on_one_machine_form_one_world(tmp_path):
 @pytest.mark.timeout(150)
 def test_torchrun_starts_the_ranks_and_we_spawn_none(tmp_path):
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-            "--master-port", str(free_port()), str(JOB), "--output-dir", str(tmp_path),
+            "--standalone", str(JOB), "--output-dir", str(tmp_path),
             "--no-cuda", "--distributed", "--nproc_per_node", "4"]  # fmt: skip
     job = Job(args, tmp_path)
     code, _ = job.finish()
@@ -219,7 +219,7 @@ def test_a_launch_error_is_one_line_and_leaves_no_run_directory(tmp_path, debug)
 @pytest.mark.timeout(150)
 def test_torchrun_without_distributed_is_refused_instead_of_training_twice(tmp_path):
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-            "--master-port", str(free_port()), str(JOB), "--output-dir", str(tmp_path),
+            "--standalone", str(JOB), "--output-dir", str(tmp_path),
             "--no-cuda"]  # fmt: skip
     job = Job(args, tmp_path)
     code, _ = job.finish()
@@ -246,7 +246,7 @@ def test_the_rendezvous_store_listens_on_loopback_only(tmp_path):
 @pytest.mark.timeout(240)
 def test_torchrun_restarts_after_a_failure_and_continues_the_same_run(tmp_path):
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-            "--max-restarts", "1", "--master-port", str(free_port()), str(JOB),
+            "--max-restarts", "1", "--standalone", str(JOB),
             "--output-dir", str(tmp_path), "--no-cuda", "--distributed", "--fail-rank", "1",
             "--fail-once"]  # fmt: skip
     job = Job(args, tmp_path)

@@ -37,7 +37,11 @@ def run_on_ranks(
     """
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    port = free_port()
+    # The store is hosted here and binds a port the system chooses, so no other process can
+    # take the port between choosing and using it (several test runs can share a machine).
+    store = dist.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=timeout),
+                          wait_for_workers=False)  # fmt: skip
+    port = store.port
     processes = [
         context.Process(
             target=_rank_main,
@@ -89,9 +93,10 @@ def _rank_main(rank, world_size, port, timeout, body, args, results) -> None:
         WORLD_SIZE=str(world_size),
     )
     try:
+        store = dist.TCPStore("127.0.0.1", port, None, False, datetime.timedelta(seconds=timeout))
         dist.init_process_group(
             "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
+            store=store,
             rank=rank,
             world_size=world_size,
             timeout=datetime.timedelta(seconds=timeout),

@@ -136,3 +136,25 @@ def test_dict_and_params_file_values_are_converted_and_checked(tmp_path):
     with pytest.raises(pystematic.core.Error, match="node_rank must be in 0..0 for nnodes=1"):
         exp.run({"node_rank": 1, "output_dir": str(tmp_path / "refused")})
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.timeout(120)
+def test_only_the_documented_environment_variables_feed_parameters(script, tmp_path):
+    # Names with other meanings in many shells: pystematic would read each as the parameter
+    # of the same name (CUDA=/usr/local/cuda used to fail with "Boolean value expected").
+    unrelated = {"CUDA": "/usr/local/cuda", "CHECKPOINT": str(tmp_path / "nowhere.pt"),
+                 "DISTRIBUTED": "1", "DISTRIBUTED_TIMEOUT": "x", "LOCAL_RANK": "3",
+                 "SUBPROCESS": str(tmp_path / "parameters.yaml")}  # fmt: skip
+    result, values = run_cli(script, env=unrelated)
+    assert result.returncode == 0, result.stderr
+    assert (values["cuda"], values["checkpoint"], values["distributed"]) == (True, None, False)
+    (run_dir,) = (script.parent / "output" / "show-params").iterdir()
+    assert (run_dir / "log.txt").exists()  # a main process, not a "subprocess" of rank 3
+
+
+@pytest.mark.timeout(120)
+def test_ranks_asked_for_without_distributed_are_named_in_a_warning(script):
+    result, values = run_cli(script, "--nproc_per_node", "2")
+    assert result.returncode == 0, result.stderr
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "nproc_per_node=2 has no effect without --distributed" in output

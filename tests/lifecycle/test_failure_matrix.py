@@ -185,3 +185,19 @@ def test_sigusr1_is_a_preemption_too_and_exits_138(tmp_path):
     assert (directory / "checkpoint-preempted.pt").exists()
     record = json.loads((directory / "run.json").read_text())
     assert (record["status"], record["exit_code"]) == ("preempted", 138)
+
+
+@pytest.mark.timeout(120)
+def test_a_second_sigterm_ends_the_process_at_once(tmp_path):
+    # A loop over a plain DataLoader has no batch boundary the run can stop at by itself.
+    plain_loop = pathlib.Path(__file__).parents[1] / "distributed" / "jobs" / "ddp_job.py"
+    job = Job(job_args("--mode", "hang", script=plain_loop, output=tmp_path), tmp_path)
+    job.wait_for(r"READY rank=0")
+    processes = family(job)
+    job.process.send_signal(signal.SIGTERM)
+    job.wait_for(r"SIGTERM received")
+    sent = time.monotonic()
+    job.process.send_signal(signal.SIGTERM)
+    code = end_of(job, processes)
+    assert code == -signal.SIGTERM, job.output
+    assert time.monotonic() - sent < 10

@@ -6,6 +6,8 @@ reads. :class:`HDF5Writer` appends rows to chunked, resizable datasets; in a pro
 every rank writes its own file.
 """
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -13,8 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .. import _hdf5_durable
 from .._hdf5_walk import dataset_names
-from .._session import call_at_exit
+from .._session import call_at_exit, register_durable, unregister_durable
 from ..devices import to_numpy
 from ..distributed import get_num_processes, get_rank
 from ..errors import DataError
@@ -139,6 +142,13 @@ class HDF5Writer:
     ``results.rank1.h5``, ...): no locking, no collective per write, and a crash of one rank
     cannot corrupt another's file. :attr:`path` is the file this process writes.
 
+    The file survives a kill at any moment: it is written so that what is on disk is always
+    the state of its last flush, and it is flushed (and synced to disk) every
+    ``flush_secs`` seconds while rows arrive, before every checkpoint
+    (``save_checkpoint`` flushes every open writer first) and at :meth:`close`. After a
+    kill it opens with any HDF5 reader and holds at least every row appended before the
+    last of these flushes, with all keys equally long. See :doc:`data`.
+
     Args:
         path: The file to write.
         mode: ``"w"`` creates or truncates the file; ``"a"`` appends to the datasets already
@@ -146,6 +156,8 @@ class HDF5Writer:
         compression: ``None``, ``"gzip"`` or ``"lzf"``.
         compression_opts: The gzip level, 0-9.
         chunk_rows: Rows per chunk; default: as many as fit in about 256 KiB.
+        flush_secs: At most this many seconds pass between an append and the flush that
+            puts it on disk.
 
     Raises:
         DataError: an unknown ``mode`` or ``compression``, or (in ``"a"`` mode) a file whose
@@ -164,9 +176,8 @@ class HDF5Writer:
         compression: Optional[str] = None,
         compression_opts: Optional[int] = None,
         chunk_rows: Optional[int] = None,
+        flush_secs: float = 5.0,
     ) -> None:
-        import h5py
-
         problems = []
         if mode not in ("w", "a"):
             problems.append(f"mode={mode!r} is not allowed; use 'w' or 'a'")
@@ -174,21 +185,35 @@ class HDF5Writer:
             problems.append(f"compression={compression!r} is not allowed; use None, gzip or lzf")
         if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
             problems.append(f"chunk_rows={chunk_rows!r} is not a positive int")
+        if isinstance(flush_secs, bool) or not isinstance(flush_secs, (int, float)) or (
+            not flush_secs > 0
+        ):
+            problems.append(f"flush_secs={flush_secs!r} is not a positive number of seconds")
         if problems:
             raise DataError("HDF5Writer: " + "; ".join(problems) + ".")
         self.path = _rank_path(os.fspath(path))
         self.compression = compression
         self.compression_opts = compression_opts
         self.chunk_rows = chunk_rows
+        self.flush_secs = float(flush_secs)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.path, mode)
+        # Appends (training thread) and periodic flushes (flusher thread) take turns, so a
+        # flush never writes a state in which some keys have more rows than others.
+        self._lock = threading.Lock()
+        self._file = _hdf5_durable.open_file(self.path, mode)
         self._file.attrs["rank"] = get_rank()
         self._file.attrs["num_processes"] = get_num_processes()
         self._keys: Optional[List[str]] = None
+        self._failure: Optional[BaseException] = None
+        self._dirty = True
+        self._flushed_at = time.monotonic()
         self.rows = 0
         if mode == "a":
             self._adopt_existing()
+        self._flush_locked()
         call_at_exit(self.close)
+        register_durable(self)
+        _hdf5_durable.flush_periodically(self)
 
     def _adopt_existing(self) -> None:
         names = dataset_names(self._file)
@@ -217,8 +242,10 @@ class HDF5Writer:
 
         Raises:
             DataError: no values, keys that differ from the first append, unequal row
-                counts, or a row shape that differs from the rows already written.
+                counts, a row shape that differs from the rows already written, or a
+                periodic flush that failed since the last call.
         """
+        self._raise_failure()
         if self._file is None:
             raise DataError(f"HDF5Writer for {self.path!r} is closed; create a new writer.")
         data = dict(rows or {})
@@ -240,13 +267,29 @@ class HDF5Writer:
                 )
         if problems:
             raise DataError(f"HDF5Writer.append: {'; '.join(problems)}.")
-        self._keys = sorted(arrays)
         count = next(iter(counts.values()))
-        for key, array in arrays.items():
-            column = self._column(key, array)
-            column.resize(self.rows + count, axis=0)
-            column[self.rows : self.rows + count] = array
-        self.rows += count
+        with self._lock:
+            if self._keys is None:
+                # New datasets change the file's structure the most; put them on disk
+                # before any row goes in.
+                for key, array in arrays.items():
+                    self._column(key, array)
+                self._flush_locked()
+            self._keys = sorted(arrays)
+            self._dirty = True
+            try:
+                for key, array in arrays.items():
+                    column = self._file[key]
+                    column.resize(self.rows + count, axis=0)
+                    column[self.rows : self.rows + count] = array
+            except Exception as error:
+                for key in arrays:  # every key keeps the same number of rows
+                    self._file[key].resize(self.rows, axis=0)
+                raise DataError(
+                    f"HDF5Writer.append could not write the rows to {self.path!r}: "
+                    f"{type(error).__name__}: {error}; no row of this call was kept."
+                ) from error
+            self.rows += count
 
     def _column(self, key: str, array: np.ndarray):
         if key in self._file:
@@ -268,15 +311,65 @@ class HDF5Writer:
         )
 
     def flush(self) -> None:
-        """Write buffered data to disk, so readers see every appended row."""
-        if self._file is not None:
-            self._file.flush()
+        """Put every appended row on disk (flushed and synced), so it survives a kill.
+
+        Raises:
+            DataError: the flush, or a periodic flush since the last call, failed.
+        """
+        with self._lock:
+            if self._file is not None:
+                try:
+                    self._flush_locked()
+                except Exception as error:
+                    self._failure = error
+        self._raise_failure()
+
+    def flush_if_due(self) -> None:
+        """Flush if rows arrived and ``flush_secs`` passed; called by a background thread."""
+        if self._file is None or not self._dirty:
+            return
+        if time.monotonic() - self._flushed_at < self.flush_secs:
+            return
+        if not self._lock.acquire(blocking=False):
+            return  # an append is running; the next poll flushes
+        try:
+            if self._file is not None and self._dirty:
+                self._flush_locked()
+        except Exception as error:  # raised at the training thread's next call
+            self._failure = error
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
-        """Flush and close the file; called at experiment end if not called before."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Flush and close the file; called at experiment end if not called before.
+
+        Raises:
+            DataError: the last flush, or a periodic flush since the last call, failed.
+        """
+        with self._lock:
+            if self._file is not None:
+                unregister_durable(self)
+                try:
+                    self._flush_locked()
+                    self._file.close()
+                except Exception as error:
+                    self._failure = error
+                self._file = None
+        self._raise_failure()
+
+    def _flush_locked(self) -> None:
+        if self._dirty:
+            _hdf5_durable.flush(self._file)
+            self._dirty = False
+        self._flushed_at = time.monotonic()
+
+    def _raise_failure(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise DataError(
+                f"HDF5Writer could not write {self.path!r}: {type(failure).__name__}: "
+                f"{failure}. Rows appended before the last successful flush are on disk."
+            ) from failure
 
     def __enter__(self) -> "HDF5Writer":
         return self

@@ -139,9 +139,9 @@ def array(method: str, tag: str, value: Any) -> Any:
     return data
 
 
-def param_value(value: Any) -> Union[bool, int, float, str]:
-    """A hyperparameter as TensorBoard stores it: bool, number or string."""
-    if isinstance(value, (bool, str)):
+def param_value(value: Any) -> Union[bool, int, float, str, None]:
+    """A hyperparameter as backends receive it: bool, number, string or None."""
+    if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, numbers.Integral):
         return int(value)
@@ -188,6 +188,24 @@ def _describe(value: Any) -> str:
 def scalar_number(value: torch.Tensor) -> float:
     """The number in a one-element accelerator tensor (waits for the device, off-thread)."""
     return value.item()
+
+
+def scalar_numbers(values: list) -> list:
+    """``values`` with every tensor replaced by its number, one device copy per device.
+
+    Recorded accelerator tensors wait here in the thousands when the writer falls behind;
+    reading each with ``item()`` would cost a synchronisation apiece.
+    """
+    numbers = list(values)
+    by_device: dict = {}
+    for index, value in enumerate(values):
+        if isinstance(value, torch.Tensor):
+            by_device.setdefault((value.device, value.dtype), []).append(index)
+    for indices in by_device.values():
+        stacked = torch.stack([values[i].reshape(()) for i in indices]).tolist()
+        for index, number in zip(indices, stacked):
+            numbers[index] = number
+    return numbers
 
 
 def image_pixels(source: Tuple[Any, str]) -> RecordedImage:

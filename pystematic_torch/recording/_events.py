@@ -13,6 +13,7 @@ protos and framed here.
 """
 import math
 import struct
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -36,6 +37,7 @@ SHARED_EVENT_SECONDS = 0.001
 _MAX_VALUES_PER_EVENT = 512
 
 _crc32c: Optional[Callable[[bytes], int]] = None
+_tag, _number, _step, _wall = itemgetter(1), itemgetter(2), itemgetter(3), itemgetter(4)
 
 
 def crc32c_function() -> Callable[[bytes], int]:
@@ -113,20 +115,127 @@ def _varint(number: int) -> bytes:
 def _float32(value: float) -> bytes:
     try:
         return _FLOAT.pack(value)
-    except OverflowError:  # beyond float32's range: TensorBoard shows it as infinite
-        return _FLOAT.pack(math.copysign(math.inf, value))
+    except (OverflowError, struct.error):  # beyond float32: TensorBoard shows infinity
+        return _FLOAT.pack(math.inf if value > 0 else -math.inf)
 
 
 class ScalarEncoder:
-    """Turns runs of recorded scalars into serialised ``Event`` payloads.
+    """Turns runs of recorded scalars into framed event records.
 
-    Scalars recorded at the same step within :data:`SHARED_EVENT_SECONDS` of each other go
-    into one event (TensorBoard reads them as separate values), which keeps the file small
-    and the per-value work low.
+    Scalars recorded at the same step within the same millisecond go into one event
+    (TensorBoard reads them as separate values); it carries the wall time of the first. In
+    a training loop consecutive events usually hold the same tags in the same order; such
+    stretches are laid out as one NumPy record array (every event has the same layout, only
+    wall time, step and values differ), so the per-value work happens in NumPy and the
+    per-event work in C (the CRC), not in Python. Other events are built one by one.
     """
 
     def __init__(self) -> None:
         self._heads: Dict[str, bytes] = {}
+        self._layouts: Dict[tuple, Any] = {}
+
+    def encode(self, run: Sequence[tuple]) -> bytes:
+        """Framed records for ``run``: ``(kind, tag, number, step, wall_time)`` tuples."""
+        import numpy as np
+
+        count = len(run)
+        tags = np.empty(count, dtype=object)
+        tags[:] = list(map(_tag, run))
+        steps = np.fromiter(map(_step, run), np.int64, count)
+        walls = np.fromiter(map(_wall, run), np.float64, count)
+        try:
+            values = np.fromiter(map(_number, run), np.float64, count)
+        except OverflowError:  # an int beyond float64: TensorBoard shows it as infinite
+            values = np.array([_clamped(item[2]) for item in run], dtype=np.float64)
+        millis = np.floor(walls * 1000.0)
+        starts = np.flatnonzero(
+            np.concatenate(([True], (steps[1:] != steps[:-1]) | (millis[1:] != millis[:-1])))
+        )
+        sizes = np.diff(np.append(starts, count))
+        # An event repeats its predecessor's layout when it has as many values, the same
+        # tags in the same order, and a step of as many varint bytes.
+        sizes_per_value = np.repeat(sizes, sizes)
+        positions = np.arange(count)
+        previous = positions - sizes_per_value
+        same_tag = np.zeros(count, dtype=bool)
+        valid = previous >= 0
+        same_tag[valid] = tags[valid] == tags[previous[valid]]
+        step_bytes = _varint_lengths(steps[starts])
+        repeats = np.logical_and.reduceat(same_tag, starts) & (sizes <= _MAX_VALUES_PER_EVENT)
+        repeats[1:] &= (sizes[1:] == sizes[:-1]) & (step_bytes[1:] == step_bytes[:-1])
+        repeats[0] = False
+        stretch_starts = np.flatnonzero(~repeats).tolist() + [len(starts)]
+        parts: List[bytes] = []
+        event_starts = starts.tolist() + [count]
+        for first, end in zip(stretch_starts, stretch_starts[1:]):
+            if end - first >= 4 and sizes[first] <= _MAX_VALUES_PER_EVENT:
+                parts.append(self._stretch(
+                    run, event_starts[first], end - first, int(sizes[first]),
+                    int(step_bytes[first]), walls, steps, values,
+                ))  # fmt: skip
+            else:
+                payloads = [
+                    payload
+                    for event in range(first, end)
+                    for payload in self._events(run[event_starts[event] : event_starts[event + 1]])
+                ]
+                parts.append(frame(payloads))
+        return b"".join(parts)
+
+    def _stretch(self, run, start, events, size, step_bytes, walls, steps, values) -> bytes:
+        """``events`` events of ``size`` values each, with equal layouts, from ``start``."""
+        import numpy as np
+
+        tags = tuple(item[1] for item in run[start : start + size])
+        layout = self._layouts.get((tags, step_bytes)) or self._layout(tags, step_bytes)
+        dtype, constants, payload_size = layout
+        first_values = start + size * np.arange(events)
+        records = np.empty(events, dtype=dtype)
+        for name, constant in constants:
+            records[name] = constant
+        records["wall"] = walls[first_values]
+        event_steps = steps[first_values]
+        for index in range(step_bytes):
+            byte = (event_steps >> (7 * index)) & 0x7F
+            records[f"step{index}"] = byte | 0x80 if index < step_bytes - 1 else byte
+        with np.errstate(over="ignore"):  # beyond float32's range: infinite, as TensorBoard
+            for index in range(size):
+                records[f"value{index}"] = values[first_values + index].astype(np.float32)
+        data = records.tobytes()
+        width = dtype.itemsize
+        begins = range(12, 12 + width * events, width)
+        ends = range(12 + payload_size, 12 + payload_size + width * events, width)
+        payloads = map(data.__getitem__, map(slice, begins, ends))
+        checksums = np.fromiter(map(crc32c_function(), payloads), np.uint64, events)
+        masked = (((checksums >> 15) | (checksums << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+        records["crc"] = masked.astype(np.uint32)
+        return records.tobytes()
+
+    def _layout(self, tags: tuple, step_bytes: int):
+        """The record layout of an event holding ``tags`` with a step of ``step_bytes``."""
+        import numpy as np
+
+        heads = [self._heads.get(tag) or self._head(tag) for tag in tags]
+        summary_size = sum(len(head) + 4 for head in heads)
+        summary_length = _varint(summary_size)
+        payload_size = 1 + 8 + 1 + step_bytes + 1 + len(summary_length) + summary_size
+        header = _LENGTH.pack(payload_size)
+        fields = [("header", "V12"), ("wall_key", "u1"), ("wall", "<f8"), ("step_key", "u1")]
+        fields += [(f"step{i}", "u1") for i in range(step_bytes)]
+        fields += [("summary_key", "u1"), ("summary_length", f"V{len(summary_length)}")]
+        for index, head in enumerate(heads):
+            fields += [(f"head{index}", f"V{len(head)}"), (f"value{index}", "<f4")]
+        fields.append(("crc", "<u4"))
+        constants = [
+            ("header", np.void(header + _CRC.pack(_masked(crc32c_function()(header))))),
+            ("wall_key", _EVENT_WALL_TIME[0]),
+            ("step_key", _EVENT_STEP[0]),
+            ("summary_key", _EVENT_SUMMARY[0]),
+            ("summary_length", np.void(summary_length)),
+        ] + [(f"head{index}", np.void(head)) for index, head in enumerate(heads)]
+        layout = (np.dtype(fields), constants, payload_size)
+        self._layouts[(tags, step_bytes)] = layout
+        return layout
 
     def _head(self, tag: str) -> bytes:
         # Summary.value's key and length, then the Value's tag field and simple_value key:
@@ -137,28 +246,35 @@ class ScalarEncoder:
         self._heads[tag] = head
         return head
 
-    def payloads(self, items: Sequence[tuple]) -> List[bytes]:
-        """``items`` are ``(kind, tag, number, step, wall_time)`` tuples in recording order."""
+    def _events(self, items: Sequence[tuple]) -> List[bytes]:
+        """The payloads of one group of values (one step, one millisecond), built in Python."""
         heads, head_of = self._heads, self._head
-        pack, float32 = _FLOAT.pack, _float32
-        events: List[bytes] = []
-        values: List[bytes] = []
-        step = wall = limit = None
-        for _kind, tag, number, item_step, item_wall in items:
-            if item_step != step or item_wall > limit or len(values) >= _MAX_VALUES_PER_EVENT:
-                if values:
-                    events.append(_event(wall, step, values))
-                    values = []
-                step, wall = item_step, item_wall
-                limit = item_wall + SHARED_EVENT_SECONDS
-            head = heads.get(tag) or head_of(tag)
-            try:
-                values.append(head + pack(number))
-            except OverflowError:
-                values.append(head + float32(number))
-        if values:
-            events.append(_event(wall, step, values))
+        events = []
+        for offset in range(0, len(items), _MAX_VALUES_PER_EVENT):
+            chunk = items[offset : offset + _MAX_VALUES_PER_EVENT]
+            values = [(heads.get(item[1]) or head_of(item[1])) + _float32(item[2])
+                      for item in chunk]  # fmt: skip
+            events.append(_event(chunk[0][4], chunk[0][3], values))
         return events
+
+
+def _clamped(number) -> float:
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
+def _varint_lengths(numbers):
+    """How many bytes the varint of each (non-negative) number takes."""
+    import numpy as np
+
+    lengths = np.ones(len(numbers), dtype=np.int64)
+    remaining = numbers >> 7
+    while remaining.any():
+        lengths += remaining > 0
+        remaining = remaining >> 7
+    return lengths
 
 
 def _event(wall_time: float, step: int, values: List[bytes]) -> bytes:
@@ -167,8 +283,3 @@ def _event(wall_time: float, step: int, values: List[bytes]) -> bytes:
         _EVENT_WALL_TIME, _DOUBLE.pack(wall_time), _EVENT_STEP, _varint(step),
         _EVENT_SUMMARY, _varint(len(summary)), summary,
     ))  # fmt: skip
-
-
-def serialise(event: Any) -> bytes:
-    """A protobuf ``Event`` as a payload."""
-    return event.SerializeToString()

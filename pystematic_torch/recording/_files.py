@@ -3,8 +3,10 @@ import csv
 import os
 import re
 import shutil
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..errors import RecorderError
 from ._backend import RecordedImage, RecorderBackend, ResumePoint
@@ -16,6 +18,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _HEADERS = {"scalars.csv": ("step", "tag", "value"), "text.csv": ("step", "tag", "text")}
 _KINDS = {"scalars.csv": "scalar", "text.csv": "text"}
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+_STEP_TAG_VALUE = itemgetter(3, 1, 2)
 
 
 class FileBackend(RecorderBackend):
@@ -34,7 +37,7 @@ class FileBackend(RecorderBackend):
         self._dir: Optional[Path] = None
         self._files: Dict[str, Tuple[Any, Any]] = {}
         self._history: Dict[str, bool] = {}
-        self._quoted: Dict[str, str] = {}
+        self._plain_tags: Set[str] = set()
 
     def open(self, output_dir: Optional[Path]) -> None:
         self._dir = Path(output_dir)
@@ -43,18 +46,23 @@ class FileBackend(RecorderBackend):
         self._csv("scalars.csv")
 
     def _scalar_run(self, run: List[tuple]) -> None:
-        quoted = self._quoted
-        try:
-            lines = [f"{step},{quoted[tag]},{value}\r\n" for _, tag, value, step, _ in run]
-        except KeyError:
-            for item in run:
-                if item[1] not in quoted:
-                    quoted[item[1]] = _quote(item[1])
-            lines = [f"{step},{quoted[tag]},{value}\r\n" for _, tag, value, step, _ in run]
-        self._files["scalars.csv"][0].write("".join(lines))
+        # One %-format over the whole run, so the per-value work (repr of the number, as
+        # the csv module writes it) happens in C.
+        fields = list(chain.from_iterable(map(_STEP_TAG_VALUE, run)))
+        tags = set(fields[1::3])
+        if not tags <= self._plain_tags:
+            self._quote_tags(tags, fields)
+        self._files["scalars.csv"][0].write("%d,%s,%r\r\n" * len(run) % tuple(fields))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self._scalar_run([(0, tag, value, step, self.wall_time)])
+
+    def _quote_tags(self, tags: Set[str], fields: List[Any]) -> None:
+        """Quote the tags in ``fields`` that need it; remember the ones that do not."""
+        needing = {tag for tag in tags if _NEEDS_QUOTES.search(tag)}
+        self._plain_tags |= tags - needing
+        if needing:
+            fields[1::3] = [_quote(tag) if tag in needing else tag for tag in fields[1::3]]
 
     def text(self, tag: str, text: str, step: int) -> None:
         self._csv("text.csv")[1].writerow((step, tag, text))
@@ -152,10 +160,8 @@ def _image_folder(tag: str) -> Path:
 
 
 def _quote(field: str) -> str:
-    """``field`` as the csv module's default (minimal) quoting writes it."""
-    if _NEEDS_QUOTES.search(field):
-        return '"' + field.replace('"', '""') + '"'
-    return field
+    """A field that needs quotes, as the csv module's default (minimal) quoting writes it."""
+    return '"' + field.replace('"', '""') + '"'
 
 
 def _has_rows(path: Path) -> bool:

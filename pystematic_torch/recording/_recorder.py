@@ -333,7 +333,8 @@ class Recorder:
         Raises:
             RecorderError: A backend failed since the last call.
         """
-        self._close(_session.outcome() or _lifetime.outcome_at_exit())
+        ending = _session.outcome() if _session.current_params() is not None else None
+        self._close(ending or _lifetime.outcome_at_exit())
 
     def _close(self, outcome: str) -> None:
         if self._closed:

@@ -46,7 +46,7 @@ class TensorBoardBackend(RecorderBackend):
     # -- values ----------------------------------------------------------------------
 
     def _scalar_run(self, run: List[tuple]) -> None:
-        self._write(_events.frame(self._encoder.payloads(run)))
+        self._write(self._encoder.encode(run))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self._scalar_run([(0, tag, value, step, self.wall_time)])

@@ -10,6 +10,8 @@ import logging
 import threading
 import time
 from collections import deque
+from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -48,7 +50,10 @@ _CONVERTERS = {
 # How many items the writer takes off the queue at a time.
 _BATCH = 4096
 # Markers that do not make the backends create their files.
-_QUIET = (FLUSH, CAPTURE)
+_QUIET = frozenset((FLUSH, CAPTURE))
+_ONLY_SCALARS = {SCALAR}
+_NUMBER_TYPES = frozenset((float, int))
+_KIND, _VALUE = itemgetter(0), itemgetter(2)
 
 
 class Capture:
@@ -189,15 +194,19 @@ class Writer:
 
     def _drain(self) -> None:
         items = self.items
-        pop = items.popleft
+        take = iter(items.popleft, None)  # popleft called from C, not from a Python loop
         while items:
-            batch = [pop() for _ in range(min(len(items), _BATCH))]
+            batch = list(islice(take, len(items) if len(items) < _BATCH else _BATCH))
             self.items_done += len(batch)
             if self._waiting_for_room and len(items) <= self._low_water:
                 self._waiting_for_room = False
                 self._room.set()
-            if not self._opened and any(item[0] not in _QUIET for item in batch):
+            kinds = set(map(_KIND, batch))
+            if not self._opened and not kinds <= _QUIET:
                 self._open_backends()
+            if kinds == _ONLY_SCALARS:
+                self._write_scalars(batch)
+                continue
             run: list = []
             append = run.append
             for item in batch:
@@ -213,13 +222,10 @@ class Writer:
                 self._write_scalars(run)
 
     def _write_scalars(self, run: list) -> None:
-        for item in run:
-            value = item[2]
-            if value.__class__ is not float and value.__class__ is not int:
-                run = self._converted(run)
-                if not run:
-                    return
-                break
+        if not set(map(type, map(_VALUE, run))) <= _NUMBER_TYPES:
+            run = self._converted(run)
+            if not run:
+                return
         self._tally.add_run(run)
         for backend, handler in self._scalar_handlers:
             try:

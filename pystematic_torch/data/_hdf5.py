@@ -357,6 +357,73 @@ class HDF5Writer:
                 self._file = None
         self._raise_failure()
 
+    def state_dict(self) -> Dict[str, Any]:
+        """The writer's state for a checkpoint: how many rows it holds, and its file.
+
+        Assign the writer to a Context (``ctx.predictions = HDF5Writer(...)``) and its
+        state is saved with every checkpoint. ``save_checkpoint`` flushes the file before
+        writing, so the rows counted here are on disk.
+        """
+        return {"rows": self.rows, "path": os.path.abspath(self.path)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint: the file then holds exactly its rows, each once.
+
+        Rows appended after the checkpoint (by the run that was interrupted) are removed.
+        When this writer's file is empty and the checkpoint's file is another one that
+        exists (the run was resumed into a new directory), its first rows are copied in.
+
+        Raises:
+            DataError: ``state`` is not from :meth:`state_dict`, or the file holds fewer
+                rows than the checkpoint counted (it was truncated: open it with
+                ``mode="a"`` to resume).
+        """
+        rows, source = state.get("rows") if isinstance(state, Mapping) else None, None
+        if isinstance(state, Mapping) and isinstance(state.get("path"), str):
+            source = state["path"]
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise DataError(
+                f"HDF5Writer.load_state_dict() got {state!r}; expected a dict like "
+                "{'rows': 128, 'path': '/runs/a/predictions.h5'} from HDF5Writer.state_dict()."
+            )
+        self._raise_failure()
+        with self._lock:
+            if self._file is None:
+                raise DataError(f"HDF5Writer for {self.path!r} is closed; create a new writer.")
+            copy = (self.rows == 0 and rows > 0 and source is not None
+                    and os.path.exists(source) and not _same_file(source, self.path))  # fmt: skip
+            if copy:
+                self._copy_rows(source, rows)
+            elif self.rows < rows:
+                raise DataError(
+                    f"HDF5Writer.load_state_dict(): {self.path!r} holds {self.rows} rows, but "
+                    f"the checkpoint was taken after {rows}; open the file with mode='a' to "
+                    "resume, or check that it is the file the checkpointed run wrote."
+                )
+            else:
+                for key in self._keys or []:
+                    self._file[key].resize(rows, axis=0)
+            self.rows = rows
+            self._dirty = True
+            self._flush_locked()
+
+    def _copy_rows(self, source: str, rows: int) -> None:
+        import h5py
+
+        with h5py.File(source, "r") as old:
+            names = sorted(dataset_names(old))
+            short = {name: old[name].shape[0] for name in names if old[name].shape[0] < rows}
+            if short:
+                raise DataError(
+                    f"HDF5Writer.load_state_dict(): {source!r} holds fewer rows than the "
+                    f"checkpoint counted ({_listing(short)} < {rows})."
+                )
+            for name in names:
+                self._column(name, old[name][:1])
+                self._file[name].resize(rows, axis=0)
+                self._file[name][:rows] = old[name][:rows]
+        self._keys = names
+
     def _flush_locked(self) -> None:
         if self._dirty:
             _hdf5_durable.flush(self._file)
@@ -411,6 +478,10 @@ def _check_keys(handle: Any, keys: Union[str, Sequence[str], None], path: str) -
             "give keys whose first dimensions agree."
         )
     return names
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.exists(b) and os.path.samefile(a, b)
 
 
 def _rank_path(path: str) -> str:

@@ -255,3 +255,41 @@ def test_an_idle_writer_is_flushed_within_flush_secs_and_survives_a_kill(tmp_pat
     assert seen_at - float(appended.split()[2]) < 30  # generous: the machine may be loaded
     with h5py.File(path, "r") as handle:
         assert handle["step"][:].tolist() == list(range(10))
+
+
+def test_a_resumed_writer_holds_the_checkpoints_rows_once_in_its_own_or_a_new_file(tmp_path):
+    from pystematic_torch import Context
+
+    ctx = Context()
+    ctx.predictions = HDF5Writer(tmp_path / "run" / "preds.h5")
+    ctx.predictions.append(step=np.arange(5), name=[f"r{i}" for i in range(5)])
+    torch.save(ctx.state_dict(), tmp_path / "checkpoint.pt")
+    ctx.predictions.append(step=[5, 6, 7], name=["lost", "lost", "lost"])  # abandoned
+    ctx.predictions.close()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+
+    resumed = Context()  # requeued into the same directory
+    resumed.predictions = HDF5Writer(tmp_path / "run" / "preds.h5", mode="a")
+    resumed.load_state_dict(state)
+    resumed.predictions.append(step=[5], name=["again"])
+    resumed.predictions.close()
+    dataset = HDF5Dataset(tmp_path / "run" / "preds.h5", keys=["step", "name"])
+    assert [(int(s), n) for s, n in (dataset[i] for i in range(len(dataset)))] == [
+        *((i, f"r{i}") for i in range(5)), (5, "again")
+    ]
+    dataset.close()
+
+    elsewhere = Context()  # resumed into a new run directory
+    elsewhere.predictions = HDF5Writer(tmp_path / "new" / "preds.h5")
+    elsewhere.load_state_dict(state)
+    elsewhere.predictions.close()
+    with h5py.File(tmp_path / "new" / "preds.h5", "r") as handle:
+        assert handle["step"][:].tolist() == list(range(5))
+
+    truncated = HDF5Writer(tmp_path / "run" / "preds.h5")  # mode "w" emptied it
+    with pytest.raises(DataError, match=r"holds 0 rows, but the checkpoint was taken after 5; "
+                                        "open the file with mode='a'"):
+        truncated.load_state_dict(state["predictions"])
+    with pytest.raises(DataError, match="expected a dict like"):
+        truncated.load_state_dict({"rows": -1})
+    truncated.close()

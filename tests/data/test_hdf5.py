@@ -213,15 +213,15 @@ def test_writer_failures_name_the_problem_and_keep_the_columns_even(tmp_path, mo
 
 IDLE_WRITER = """
 import sys, time
-from pystematic_torch.data import HDF5Writer, _hdf5
+from pystematic_torch.data import HDF5Writer, _hdf5_writer
 
-flushed = _hdf5.HDF5Writer._flush_locked
+flushed = _hdf5_writer.HDF5Writer._flush_locked
 def reporting_flush(self):
     had_rows = self._dirty
     flushed(self)
     if had_rows:
         print(f"FLUSHED {self.rows}", flush=True)
-_hdf5.HDF5Writer._flush_locked = reporting_flush
+_hdf5_writer.HDF5Writer._flush_locked = reporting_flush
 
 writer = HDF5Writer(sys.argv[1], flush_secs=0.5, compression="gzip")
 writer.append(step=list(range(10)))

@@ -50,7 +50,7 @@ _CONVERTERS = {
 # How many items the writer takes off the queue at a time.
 _BATCH = 4096
 # Markers that do not make the backends create their files.
-_QUIET = frozenset((FLUSH, CAPTURE))
+_QUIET = frozenset((FLUSH, CAPTURE, END))
 _ONLY_SCALARS = {SCALAR}
 _NUMBER_TYPES = frozenset((float, int))
 _KIND, _VALUE = itemgetter(0), itemgetter(2)
@@ -262,6 +262,8 @@ class Writer:
             value.done.set()
             return
         handlers = self._handlers[kind]
+        if kind == END and not self._opened:
+            return  # nothing was recorded: no files, and no session to end
         if kind in _CONVERTERS and handlers:
             value = self._convert(_CONVERTERS[kind], kind, tag, value, step)
             if value is None:

@@ -393,3 +393,48 @@ def test_a_dead_writer_thread_is_reported_and_refuses_further_values(tmp_path):
     with pytest.raises(RecorderError, match="writer thread has stopped"):
         recorder.scalar("x", 2.0)
     recorder.close()
+
+
+def test_a_recorder_that_records_nothing_leaves_no_files(tmp_path):
+    recorder = Recorder(tmp_path / "run", hdf5=True)
+    recorder.flush()
+    assert recorder.state_dict()["count"] == 0
+    recorder.close()
+    assert not (tmp_path / "run").exists()
+
+
+def session_status(directory):
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    events = read_events(directory)
+    content = events.SummaryMetadata(hparams_metadata.SESSION_END_INFO_TAG).plugin_data.content
+    end = hparams_metadata.parse_session_end_info_plugin_data(content)
+    return end.status, end.end_time_secs
+
+
+def test_the_session_ends_with_how_the_recorder_was_left(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2
+
+    before = time.time()
+    with Recorder(tmp_path / "ok") as recorder:
+        recorder.params({"lr": 0.1})
+    status, end_time = session_status(tmp_path / "ok")
+    assert status == api_pb2.STATUS_SUCCESS and before <= end_time <= time.time()
+
+    with pytest.raises(ValueError):
+        with Recorder(tmp_path / "raised") as recorder:
+            recorder.params({"lr": 0.1})
+            raise ValueError("diverged")
+    assert session_status(tmp_path / "raised")[0] == api_pb2.STATUS_FAILURE
+
+    code = (
+        "import sys\n"
+        "from pystematic_torch.recording import Recorder\n"
+        "recorder = Recorder(sys.argv[1])\n"
+        "recorder.params({'lr': 0.1})\n"
+        "raise RuntimeError('nobody caught me')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "uncaught")],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 1 and "nobody caught me" in result.stderr
+    assert session_status(tmp_path / "uncaught")[0] == api_pb2.STATUS_FAILURE

@@ -39,14 +39,17 @@ def scalar(tag: str, value: Any) -> Any:
     """
     check_tag("scalar", tag)
     if isinstance(value, torch.Tensor):
+        if value.is_cpu and value.numel() == 1:
+            # The common case (a CPU loss), with as few tensor queries as possible.
+            number = value.item()
+            if number.__class__ is float or number.__class__ is int:
+                return number
         if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
             raise RecorderError(
                 f"Recorder.scalar({tag!r}) got a {value.dtype} tensor of shape "
                 f"{tuple(value.shape)}; a scalar must be a real tensor with exactly one "
                 "element. Record several values with scalars() or histogram()."
             )
-        if value.device.type == "cpu":
-            return value.item()
         return value.detach().clone()
     if isinstance(value, bool):
         return int(value)

@@ -378,6 +378,49 @@ def test_cuda_scalars_are_read_on_the_writer_thread(tmp_path):
     assert [r[2] for r in read_csv(tmp_path / "scalars.csv")[1:]] == ["2.5", "7.0"]
 
 
+class HeldWriter(RecorderBackend):
+    """Holds the writer thread at its first scalar until released."""
+
+    name = "held"
+
+    def __init__(self):
+        self.reached, self.released = threading.Event(), threading.Event()
+
+    def scalar(self, tag, value, step):
+        self.reached.set()
+        assert self.released.wait(60)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_recording_cuda_scalars_never_synchronises_the_training_thread(tmp_path):
+    held = HeldWriter()
+    side = torch.cuda.Stream()
+    with Recorder(tmp_path, tensorboard=False, backends=[held]) as recorder:
+        recorder.scalar("start", 0.0)
+        assert held.reached.wait(60)  # the writer reads nothing while we check
+        torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+        try:
+            with torch.cuda.stream(side):
+                x = torch.ones(2048, 2048, device="cuda")
+                for _ in range(5):
+                    x = x @ x / 2048  # long work on a side stream, still ones
+                    recorder.scalar("x", x[0, 0])
+                    recorder.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        held.released.set()
+    # Read on the stream they were queued on: after the work that produced them.
+    assert [r[2] for r in read_csv(tmp_path / "scalars.csv")[1:]] == ["0.0"] + ["1.0"] * 5
+
+
+def test_recorded_tensors_are_read_in_one_go_per_device_dtype_and_stream():
+    from pystematic_torch.recording import _values
+
+    values = [1.0, torch.tensor(2.5), torch.tensor(3), 4, torch.tensor(5.5, dtype=torch.float64)]
+    assert _values.scalar_numbers(values) == [1.0, 2.5, 3, 4, 5.5]
+    assert _values.scalar_number(torch.tensor(7)) == 7
+
+
 class DyingBackend(RecorderBackend):
     name = "dying"
 

@@ -3,7 +3,6 @@ import csv
 import os
 import re
 import shutil
-from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -18,7 +17,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _HEADERS = {"scalars.csv": ("step", "tag", "value"), "text.csv": ("step", "tag", "text")}
 _KINDS = {"scalars.csv": "scalar", "text.csv": "text"}
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
-_STEP_TAG_VALUE = itemgetter(3, 1, 2)
+_TAG, _VALUE, _STEP = itemgetter(1), itemgetter(2), itemgetter(3)
 
 
 class FileBackend(RecorderBackend):
@@ -48,11 +47,14 @@ class FileBackend(RecorderBackend):
     def _scalar_run(self, run: List[tuple]) -> None:
         # One %-format over the whole run, so the per-value work (repr of the number, as
         # the csv module writes it) happens in C.
-        fields = list(chain.from_iterable(map(_STEP_TAG_VALUE, run)))
-        tags = set(fields[1::3])
-        if not tags <= self._plain_tags:
-            self._quote_tags(tags, fields)
-        self._files["scalars.csv"][0].write("%d,%s,%r\r\n" * len(run) % tuple(fields))
+        fields: List[Any] = [None] * (3 * len(run))
+        fields[0::3] = map(_STEP, run)
+        fields[1::3] = tags = list(map(_TAG, run))
+        fields[2::3] = map(_VALUE, run)
+        unseen = set(tags) - self._plain_tags
+        if unseen:
+            self._quote_tags(unseen, fields)
+        self._files["scalars.csv"][0].write("%s,%s,%r\r\n" * len(run) % tuple(fields))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self._scalar_run([(0, tag, value, step, self.wall_time)])

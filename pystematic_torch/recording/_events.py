@@ -35,6 +35,9 @@ _VALUE_SIMPLE = b"\x15"  # Summary.Value.simple_value = 2, fixed32 (float)
 #: carries the wall time of the first of them.
 SHARED_EVENT_SECONDS = 0.001
 _MAX_VALUES_PER_EVENT = 512
+# Runs shorter than this (a training loop's few values per writer wake-up) are encoded in
+# plain Python; NumPy's fixed cost per call would outweigh its speed.
+_SMALL_RUN = 256
 
 _crc32c: Optional[Callable[[bytes], int]] = None
 _tag, _number, _step, _wall = itemgetter(1), itemgetter(2), itemgetter(3), itemgetter(4)
@@ -136,9 +139,11 @@ class ScalarEncoder:
 
     def encode(self, run: Sequence[tuple]) -> bytes:
         """Framed records for ``run``: ``(kind, tag, number, step, wall_time)`` tuples."""
+        count = len(run)
+        if count < _SMALL_RUN:
+            return frame(self._small_run(run))
         import numpy as np
 
-        count = len(run)
         tags = np.empty(count, dtype=object)
         tags[:] = list(map(_tag, run))
         steps = np.fromiter(map(_step, run), np.int64, count)
@@ -245,6 +250,18 @@ class ScalarEncoder:
         head = _SUMMARY_VALUE + _varint(len(value) + 4) + value
         self._heads[tag] = head
         return head
+
+    def _small_run(self, run: Sequence[tuple]) -> List[bytes]:
+        """The payloads of a short run, grouped in Python: cheaper than NumPy's set-up."""
+        payloads: List[bytes] = []
+        first = 0
+        for index in range(1, len(run) + 1):
+            if index == len(run) or run[index][3] != run[first][3] or (
+                math.floor(run[index][4] * 1000.0) != math.floor(run[first][4] * 1000.0)
+            ):
+                payloads.extend(self._events(run[first:index]))
+                first = index
+        return payloads
 
     def _events(self, items: Sequence[tuple]) -> List[bytes]:
         """The payloads of one group of values (one step, one millisecond), built in Python."""

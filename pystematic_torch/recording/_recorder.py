@@ -419,7 +419,7 @@ class Recorder:
                 self._backlog(pending)
 
     def _backlog(self, pending: int) -> None:
-        # The writer polls every 0.1 s; a growing backlog wakes it at once (only at the
+        # The writer polls every 0.5 s; a growing backlog wakes it at once (only at the
         # crossing, so a busy writer costs no Event.set() per call), a full queue blocks.
         if pending >= self._max_pending:
             self._writer.wait_for_room()

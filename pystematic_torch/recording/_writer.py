@@ -47,6 +47,10 @@ _CONVERTERS = {
     HISTOGRAM: _values.histogram_values,
     ARRAY: _values.array_values,
 }
+# How long the writer sleeps when nothing wakes it: values wait at most this long before
+# the backends see them (a backlog of 1,024 values, a flush or a finished step for the
+# console wakes it at once), and a slow trickle of values comes in batches.
+_POLL_SECONDS = 0.5
 # How many items the writer takes off the queue at a time.
 _BATCH = 4096
 # Markers that do not make the backends create their files.
@@ -177,7 +181,7 @@ class Writer:
         try:
             last_flush = time.monotonic()
             while True:
-                self._wake.wait(0.1)
+                self._wake.wait(_POLL_SECONDS)
                 self._wake.clear()
                 stopping = self._stopping
                 if self.items:

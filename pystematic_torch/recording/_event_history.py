@@ -18,6 +18,7 @@ A kill during 1 leaves the old files untouched (the partial file is deleted on t
 open); a kill during 3 leaves :data:`WRITTEN`, and the next open finishes step 3.
 """
 import os
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence
 
@@ -67,7 +68,12 @@ def rewrite(
     with open(writing, "wb") as out:
         out.write(header)
         for path in sources:
-            out.write(_events.frame(list(_kept_payloads(path, keep))))
+            payloads = _kept_payloads(path, keep)
+            while True:  # a few thousand events at a time: files of images can be large
+                chunk = list(islice(payloads, 4096))
+                if not chunk:
+                    break
+                out.write(_events.frame(chunk))
         out.flush()
         os.fsync(out.fileno())
     os.replace(writing, directory / WRITTEN)

@@ -83,21 +83,21 @@ def read_records(path: Path) -> Iterator[bytes]:
     """
     crc = crc32c_function()
     with open(path, "rb") as handle:
-        data = handle.read()
-    position, size = 0, len(data)
-    while position + 12 <= size:
-        header = data[position : position + 8]
-        (length,) = _LENGTH.unpack(header)
-        (header_crc,) = _CRC.unpack_from(data, position + 8)
-        end = position + 12 + length + 4
-        if _masked(crc(header)) != header_crc or end > size:
-            return
-        payload = data[position + 12 : position + 12 + length]
-        (payload_crc,) = _CRC.unpack_from(data, end - 4)
-        if _masked(crc(payload)) != payload_crc:
-            return
-        yield payload
-        position = end
+        while True:
+            header = handle.read(12)
+            if len(header) < 12:
+                return
+            (length,) = _LENGTH.unpack_from(header)
+            (header_crc,) = _CRC.unpack_from(header, 8)
+            if _masked(crc(header[:8])) != header_crc:
+                return
+            payload = handle.read(length)
+            footer = handle.read(4)
+            if len(payload) < length or len(footer) < 4:
+                return
+            if _masked(crc(payload)) != _CRC.unpack(footer)[0]:
+                return
+            yield payload
 
 
 def _masked(value: int) -> int:

@@ -1,7 +1,6 @@
 """Event files written by the Recorder, read back by TensorBoard's own readers."""
 import math
 import random
-import threading
 import time
 
 import numpy as np
@@ -10,7 +9,8 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from tensorboard.compat.proto import event_pb2
 
-from pystematic_torch.recording import Recorder, RecorderBackend, _events
+from pystematic_torch.recording import Recorder, _events
+from tests.recording.held_writer import HeldWriter
 
 
 def raw_scalars(directory):
@@ -67,21 +67,8 @@ def test_many_scalars_in_regular_and_irregular_steps_read_back_exactly(tmp_path)
     assert loss == [(s, as_float32(v)) for s, t, v, _, _ in recorded if t == "train/loss"]
 
 
-class Gate(RecorderBackend):
-    """Holds the writer thread at its first scalar until opened."""
-
-    name = "gate"
-
-    def __init__(self):
-        self.reached, self.opened = threading.Event(), threading.Event()
-
-    def scalar(self, tag, value, step):
-        self.reached.set()
-        assert self.opened.wait(30)
-
-
 def test_wall_time_is_the_time_of_the_call_not_of_the_write(tmp_path):
-    gate = Gate()
+    gate = HeldWriter()
     with Recorder(tmp_path, file=False, backends=[gate]) as recorder:
         recorder.scalar("first", 0.0)
         assert gate.reached.wait(30)  # the writer is stuck; what follows waits in the queue
@@ -91,7 +78,7 @@ def test_wall_time_is_the_time_of_the_call_not_of_the_write(tmp_path):
         recorder.image("late/image", np.zeros((2, 2)))
         time.sleep(0.3)  # the clock moves on: the write happens well after the call
         written_after = time.time()
-        gate.opened.set()
+        gate.released.set()
     late = [wall for _, tag, _, wall in raw_scalars(tmp_path) if tag == "late"]
     assert len(late) == 1 and before <= late[0] <= after < written_after
     accumulator = event_accumulator.EventAccumulator(str(tmp_path))

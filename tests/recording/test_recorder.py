@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from pystematic_torch import RecorderError, StateDictError
 from pystematic_torch.recording import Recorder, RecorderBackend
+from tests.recording.held_writer import HeldWriter
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -376,19 +377,6 @@ def test_cuda_scalars_are_read_on_the_writer_thread(tmp_path):
         value += 1  # the recorded clone keeps the value at the call
         recorder.scalar("cuda", value * 2)
     assert [r[2] for r in read_csv(tmp_path / "scalars.csv")[1:]] == ["2.5", "7.0"]
-
-
-class HeldWriter(RecorderBackend):
-    """Holds the writer thread at its first scalar until released."""
-
-    name = "held"
-
-    def __init__(self):
-        self.reached, self.released = threading.Event(), threading.Event()
-
-    def scalar(self, tag, value, step):
-        self.reached.set()
-        assert self.released.wait(60)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,29 +1,23 @@
-"""Reading samples from and writing results to HDF5 files (h5py, imported only when used).
+"""Reading samples from HDF5 files (h5py, imported only when used); the writer is beside it.
 
 :class:`HDF5Dataset` opens its file lazily, once per process, so DataLoader workers each get
 their own handle: an HDF5 handle shared across a ``fork`` is a known source of corrupt
-reads. :class:`HDF5Writer` appends rows to chunked, resizable datasets; in a process group
-every rank writes its own file.
+reads. :class:`HDF5Writer` (in ``_hdf5_writer``) appends rows to chunked, resizable
+datasets; in a process group every rank writes its own file.
 """
 import os
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .._hdf5_walk import dataset_names
-from .._session import call_at_exit
-from ..devices import to_numpy
-from ..distributed import get_num_processes, get_rank
 from ..errors import DataError
+from ._hdf5_writer import HDF5Writer, PathLike, _listing
 
 __all__ = ["HDF5Dataset", "HDF5Writer"]
 
-PathLike = Union[str, "os.PathLike[str]"]
-_COMPRESSIONS = (None, "gzip", "lzf")
-_CHUNK_BYTES = 1 << 18
 
 
 class HDF5Dataset(Dataset):
@@ -127,164 +121,6 @@ class HDF5Dataset(Dataset):
         return state
 
 
-class HDF5Writer:
-    """Append rows of results to an HDF5 file as they are produced.
-
-    Each key becomes a resizable, chunked dataset whose first dimension is the row count.
-    Every call to :meth:`append` must give the same keys with the same number of rows, so
-    the file always reads back with :class:`HDF5Dataset`.
-
-    In a process group of ``N > 1`` ranks each rank writes its own file,
-    ``<stem>.rank<r><suffix>`` (``results.h5`` becomes ``results.rank0.h5``,
-    ``results.rank1.h5``, ...): no locking, no collective per write, and a crash of one rank
-    cannot corrupt another's file. :attr:`path` is the file this process writes.
-
-    Args:
-        path: The file to write.
-        mode: ``"w"`` creates or truncates the file; ``"a"`` appends to the datasets already
-            in it (to continue after resuming from a checkpoint).
-        compression: ``None``, ``"gzip"`` or ``"lzf"``.
-        compression_opts: The gzip level, 0-9.
-        chunk_rows: Rows per chunk; default: as many as fit in about 256 KiB.
-
-    Raises:
-        DataError: an unknown ``mode`` or ``compression``, or (in ``"a"`` mode) a file whose
-            datasets have different lengths.
-
-    Example:
-        >>> with HDF5Writer("predictions.h5", compression="gzip") as writer:  # doctest: +SKIP
-        ...     for x, y in loader:
-        ...         writer.append(logits=model(x), label=y)
-    """
-
-    def __init__(
-        self,
-        path: PathLike,
-        mode: str = "w",
-        compression: Optional[str] = None,
-        compression_opts: Optional[int] = None,
-        chunk_rows: Optional[int] = None,
-    ) -> None:
-        import h5py
-
-        problems = []
-        if mode not in ("w", "a"):
-            problems.append(f"mode={mode!r} is not allowed; use 'w' or 'a'")
-        if compression not in _COMPRESSIONS:
-            problems.append(f"compression={compression!r} is not allowed; use None, gzip or lzf")
-        if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
-            problems.append(f"chunk_rows={chunk_rows!r} is not a positive int")
-        if problems:
-            raise DataError("HDF5Writer: " + "; ".join(problems) + ".")
-        self.path = _rank_path(os.fspath(path))
-        self.compression = compression
-        self.compression_opts = compression_opts
-        self.chunk_rows = chunk_rows
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.path, mode)
-        self._file.attrs["rank"] = get_rank()
-        self._file.attrs["num_processes"] = get_num_processes()
-        self._keys: Optional[List[str]] = None
-        self.rows = 0
-        if mode == "a":
-            self._adopt_existing()
-        call_at_exit(self.close)
-
-    def _adopt_existing(self) -> None:
-        names = dataset_names(self._file)
-        if not names:
-            return
-        lengths = {name: self._file[name].shape[0] for name in names}
-        if len(set(lengths.values())) > 1:
-            self._file.close()
-            raise DataError(
-                f"HDF5Writer(mode='a'): the datasets in {self.path!r} have different lengths "
-                f"({_listing(lengths)}); append to a file written by HDF5Writer, or use mode='w'."
-            )
-        self._keys = sorted(names)
-        self.rows = next(iter(lengths.values()))
-
-    def append(self, rows: Optional[Mapping[str, Any]] = None, **columns: Any) -> None:
-        """Append rows: one array-like per key, all with the same first dimension.
-
-        Values may be tensors (any device; detached and copied to the host), numpy arrays,
-        numbers or lists. A number or 0-dimensional value is one row; to append a single
-        vector row, give it a leading dimension of 1. bfloat16 is stored as float32.
-
-        Args:
-            rows: A mapping from key to values; may be combined with keyword arguments.
-            **columns: Keys and values as keyword arguments.
-
-        Raises:
-            DataError: no values, keys that differ from the first append, unequal row
-                counts, or a row shape that differs from the rows already written.
-        """
-        if self._file is None:
-            raise DataError(f"HDF5Writer for {self.path!r} is closed; create a new writer.")
-        data = dict(rows or {})
-        data.update(columns)
-        if not data:
-            raise DataError("HDF5Writer.append needs at least one key with values.")
-        arrays = {str(key): _to_numpy(value) for key, value in data.items()}
-        counts = {key: array.shape[0] for key, array in arrays.items()}
-        problems = []
-        if len(set(counts.values())) > 1:
-            problems.append(f"the row counts differ ({_listing(counts)})")
-        if self._keys is not None and sorted(arrays) != self._keys:
-            problems.append(f"the keys are {sorted(arrays)}, earlier rows have {self._keys}")
-        for key, array in arrays.items():
-            if key in self._file and self._file[key].shape[1:] != array.shape[1:]:
-                problems.append(
-                    f"{key!r} rows have shape {list(array.shape[1:])}, the file has "
-                    f"{list(self._file[key].shape[1:])}"
-                )
-        if problems:
-            raise DataError(f"HDF5Writer.append: {'; '.join(problems)}.")
-        self._keys = sorted(arrays)
-        count = next(iter(counts.values()))
-        for key, array in arrays.items():
-            column = self._column(key, array)
-            column.resize(self.rows + count, axis=0)
-            column[self.rows : self.rows + count] = array
-        self.rows += count
-
-    def _column(self, key: str, array: np.ndarray):
-        if key in self._file:
-            return self._file[key]
-        import h5py
-
-        row_shape = array.shape[1:]
-        row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * array.dtype.itemsize)
-        chunk = self.chunk_rows or max(1, min(65536, _CHUNK_BYTES // row_bytes))
-        dtype = h5py.string_dtype() if array.dtype.kind in "OU" else array.dtype
-        return self._file.create_dataset(
-            key,
-            shape=(0, *row_shape),
-            maxshape=(None, *row_shape),
-            dtype=dtype,
-            chunks=(chunk, *row_shape),
-            compression=self.compression,
-            compression_opts=self.compression_opts,
-        )
-
-    def flush(self) -> None:
-        """Write buffered data to disk, so readers see every appended row."""
-        if self._file is not None:
-            self._file.flush()
-
-    def close(self) -> None:
-        """Flush and close the file; called at experiment end if not called before."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __enter__(self) -> "HDF5Writer":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-
 def _check_keys(handle: Any, keys: Union[str, Sequence[str], None], path: str) -> List[str]:
     import h5py
 
@@ -320,17 +156,6 @@ def _check_keys(handle: Any, keys: Union[str, Sequence[str], None], path: str) -
     return names
 
 
-def _rank_path(path: str) -> str:
-    if get_num_processes() <= 1:
-        return path
-    base, suffix = os.path.splitext(path)
-    return f"{base}.rank{get_rank()}{suffix}"
-
-
-def _listing(values: Mapping[str, Any]) -> str:
-    return ", ".join(f"{key}: {value}" for key, value in values.items())
-
-
 def _to_torch(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8")
@@ -345,8 +170,3 @@ def _rows_to_torch(block: np.ndarray) -> Any:
     if block.dtype.kind in "OSU":
         return [_to_torch(row) for row in block]
     return torch.from_numpy(np.ascontiguousarray(block))
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    array = to_numpy(value)
-    return array.reshape(1) if array.ndim == 0 else array

@@ -3,7 +3,7 @@
 The heavy libraries (tensorboard, matplotlib, h5py, PIL) are imported only when a backend
 opens its files or a value needs them, so importing this package stays cheap.
 """
-from ._backend import RecordedImage, RecorderBackend
+from ._backend import RecordedImage, RecorderBackend, ResumePoint
 from ._console import ConsoleBackend
 from ._files import FileBackend
 from ._hdf5 import HDF5Backend
@@ -14,6 +14,7 @@ __all__ = [
     "Recorder",
     "RecorderBackend",
     "RecordedImage",
+    "ResumePoint",
     "TensorBoardBackend",
     "FileBackend",
     "ConsoleBackend",

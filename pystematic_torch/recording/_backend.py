@@ -1,10 +1,11 @@
-"""The base class every recorder backend derives from, and the image record they share."""
+"""The base class every recorder backend derives from, and the records they receive."""
+import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
-__all__ = ["RecorderBackend", "RecordedImage"]
+__all__ = ["RecorderBackend", "RecordedImage", "ResumePoint"]
 
 
 class RecordedImage:
@@ -36,6 +37,64 @@ class RecordedImage:
         return self._png
 
 
+class ResumePoint:
+    """Where a resumed run continues, and which earlier recordings belong to its history.
+
+    A checkpoint captures the recorder's count and how many values of each kind and tag had
+    been recorded at that count. Everything recorded before the capture is the resumed
+    run's history; everything after it belongs to an abandoned continuation.
+
+    Attributes:
+        step: The count the run continues from.
+        recorded: ``{kind: {tag: n}}``: how many values of each kind (``"scalar"``,
+            ``"image"``, ``"histogram"``, ``"text"``, ``"params"``, ``"array"``; the tag
+            of params is ``""``) had been recorded at ``step`` when the checkpoint was
+            taken. None for a checkpoint that does not say; then nothing at ``step`` is
+            kept.
+        source_dir: The directory the checkpointed run recorded into, or None when the
+            checkpoint does not say. When it differs from the resumed recorder's own
+            directory and that directory holds no recordings of its own yet, backends copy
+            the history from here, so the new directory holds the whole run.
+    """
+
+    def __init__(
+        self,
+        step: int,
+        recorded: Optional[Mapping[str, Mapping[str, int]]] = None,
+        source_dir: Optional[Path] = None,
+    ) -> None:
+        self.step = step
+        self.recorded = recorded
+        self.source_dir = source_dir
+
+    def keeper(self) -> Callable[[str, str, int], bool]:
+        """A function ``keep(kind, tag, step)`` for stored values, asked in recording order.
+
+        It answers True for values before :attr:`step` and for the first ``n`` values of a
+        kind and tag at :attr:`step` (``n`` from :attr:`recorded`), False for the rest.
+        """
+        limit, recorded = self.step, self.recorded or {}
+        seen: Dict[tuple, int] = {}
+
+        def keep(kind: str, tag: str, step: int) -> bool:
+            if step != limit:
+                return step < limit
+            key = (kind, tag)
+            index = seen.get(key, 0)
+            seen[key] = index + 1
+            return index < recorded.get(kind, {}).get(tag, 0)
+
+        return keep
+
+    def source_for(self, own_dir: Optional[Path]) -> Optional[Path]:
+        """:attr:`source_dir` when it is another existing directory than ``own_dir``."""
+        if self.source_dir is None or own_dir is None or not Path(self.source_dir).is_dir():
+            return None
+        if os.path.samefile(self.source_dir, own_dir):
+            return None
+        return Path(self.source_dir)
+
+
 class RecorderBackend:
     """Receives recorded values on the recorder's writer thread and stores them.
 
@@ -47,7 +106,9 @@ class RecorderBackend:
     (naming the backend by :attr:`name`) and the backend is then closed and left out.
 
     Values arrive converted: scalars as Python ``int`` or ``float``, images and figures as
-    a :class:`RecordedImage`, histograms and arrays as NumPy arrays, on the CPU.
+    a :class:`RecordedImage`, histograms and arrays as NumPy arrays, on the CPU. While a
+    method runs, :attr:`wall_time` holds the time (``time.time()``) of the recording call
+    that made the value, which can be well before the backend receives it.
 
     Example:
         >>> class PrintLoss(RecorderBackend):
@@ -61,6 +122,8 @@ class RecorderBackend:
 
     #: Names the backend in error messages and logs.
     name: str = "custom"
+    #: The wall-clock time of the recording call whose value is being delivered.
+    wall_time: float = 0.0
 
     def open(self, output_dir: Optional[Path]) -> None:
         """Called once on the writer thread, before the first value reaches the backend.
@@ -86,7 +149,7 @@ class RecorderBackend:
         """Store a string."""
 
     def params(self, params: Dict[str, Any], metric_tags: List[str], step: int) -> None:
-        """Store the run's hyperparameters (bool, int, float or str values).
+        """Store the run's hyperparameters (bool, int, float, str or None values).
 
         ``metric_tags`` name the scalars that hold the run's results; their values arrive
         through :meth:`scalar` right after this call.
@@ -101,16 +164,29 @@ class RecorderBackend:
         Only backends that override this method are told, so steps cost nothing otherwise.
         """
 
-    def resume(self, step: int) -> None:
-        """Called when the counter is restored to ``step`` from a checkpoint.
+    def resume(self, point: ResumePoint) -> None:
+        """Called when the counter is restored from a checkpoint.
 
-        Anything a backend already holds at ``step`` or later belongs to an abandoned
-        continuation of the run; backends that append to existing files drop it here so a
-        resumed run has no duplicated steps.
+        What a backend's files hold beyond ``point`` (see :meth:`ResumePoint.keeper`)
+        belongs to an abandoned continuation of the run; backends that append to existing
+        files drop it here, so a resumed run has no duplicated and no missing step. A
+        backend whose directory holds nothing yet may copy the history from
+        :meth:`ResumePoint.source_for`.
+        """
+
+    def run_ended(self, outcome: str) -> None:
+        """Called once when the recorder is closed, before :meth:`close`.
+
+        ``outcome`` is how the run ended: ``"success"``, ``"failure"``, ``"preempted"``
+        (stopped to be resumed later) or ``"interrupted"`` (Ctrl-C).
         """
 
     def flush(self) -> None:
-        """Make everything received so far readable by other processes."""
+        """Put everything received so far on disk (not only in the operating system's cache).
+
+        Called by :meth:`Recorder.flush`, before every checkpoint is written, and every
+        ``flush_secs`` seconds.
+        """
 
     def close(self) -> None:
         """Flush and release files. Called once; no other method is called afterwards."""

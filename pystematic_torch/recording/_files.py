@@ -2,16 +2,22 @@
 import csv
 import os
 import re
+import shutil
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..errors import RecorderError
-from ._backend import RecordedImage, RecorderBackend
+from ._backend import RecordedImage, RecorderBackend, ResumePoint
+from ._event_history import sync_directory
 
 __all__ = ["FileBackend"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _HEADERS = {"scalars.csv": ("step", "tag", "value"), "text.csv": ("step", "tag", "text")}
+_KINDS = {"scalars.csv": "scalar", "text.csv": "text"}
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+_TAG, _VALUE, _STEP = itemgetter(1), itemgetter(2), itemgetter(3)
 
 
 class FileBackend(RecorderBackend):
@@ -29,33 +35,60 @@ class FileBackend(RecorderBackend):
     def __init__(self) -> None:
         self._dir: Optional[Path] = None
         self._files: Dict[str, Tuple[Any, Any]] = {}
+        self._history: Dict[str, bool] = {}
+        self._plain_tags: Set[str] = set()
 
     def open(self, output_dir: Optional[Path]) -> None:
         self._dir = Path(output_dir)
+        self._history = {name: _has_rows(self._dir / name) for name in _HEADERS}
+        self._history["images"] = (self._dir / "images").is_dir()
         self._csv("scalars.csv")
 
+    def _scalar_run(self, run: List[tuple]) -> None:
+        # One %-format over the whole run, so the per-value work (repr of the number, as
+        # the csv module writes it) happens in C.
+        fields: List[Any] = [None] * (3 * len(run))
+        fields[0::3] = map(_STEP, run)
+        fields[1::3] = tags = list(map(_TAG, run))
+        fields[2::3] = map(_VALUE, run)
+        unseen = set(tags) - self._plain_tags
+        if unseen:
+            self._quote_tags(unseen, fields)
+        self._files["scalars.csv"][0].write("%s,%s,%r\r\n" * len(run) % tuple(fields))
+
     def scalar(self, tag: str, value: float, step: int) -> None:
-        self._files["scalars.csv"][1].writerow((step, tag, value))
+        self._scalar_run([(0, tag, value, step, self.wall_time)])
+
+    def _quote_tags(self, tags: Set[str], fields: List[Any]) -> None:
+        """Quote the tags in ``fields`` that need it; remember the ones that do not."""
+        needing = {tag for tag in tags if _NEEDS_QUOTES.search(tag)}
+        self._plain_tags |= tags - needing
+        if needing:
+            fields[1::3] = [_quote(tag) if tag in needing else tag for tag in fields[1::3]]
 
     def text(self, tag: str, text: str, step: int) -> None:
         self._csv("text.csv")[1].writerow((step, tag, text))
 
     def image(self, tag: str, image: RecordedImage, step: int) -> None:
-        parts = [_UNSAFE.sub("_", part) for part in tag.split("/")]
-        folder = self._dir.joinpath("images", *(p if p.strip(".") else "_" for p in parts))
+        folder = self._dir / "images" / _image_folder(tag)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{step:08d}.png").write_bytes(image.png)
 
-    def resume(self, step: int) -> None:
+    def resume(self, point: ResumePoint) -> None:
         for name in _HEADERS:
-            if (self._dir / name).exists():
-                self._drop_rows_from(name, step)
+            source = None if self._history[name] else point.source_for(self._dir)
+            source_path = source / name if source is not None else None
+            if (self._dir / name).exists() or (source_path and source_path.exists()):
+                self._rewrite(name, point, source_path)
+        self._resume_images(point)
 
     def flush(self) -> None:
         for handle, _ in self._files.values():
             handle.flush()
+            os.fsync(handle.fileno())
 
     def close(self) -> None:
+        self.flush()
         for handle, _ in self._files.values():
             handle.close()
         self._files.clear()
@@ -73,21 +106,72 @@ class FileBackend(RecorderBackend):
             self._files[name] = (handle, writer)
         return self._files[name]
 
-    def _drop_rows_from(self, name: str, step: int) -> None:
-        """Rewrite ``name`` without the rows at ``step`` or later (an abandoned future)."""
+    def _rewrite(self, name: str, point: ResumePoint, source: Optional[Path]) -> None:
+        """Rewrite ``name`` to hold the resumed run's history (source rows, then own rows)."""
         if name in self._files:
-            self._files.pop(name)[0].close()
+            handle = self._files.pop(name)[0]
+            handle.flush()
+            handle.close()
         path = self._dir / name
-        _check_and_repair(path, _HEADERS[name])
-        with open(path, newline="", encoding="utf-8") as source:
-            rows = list(csv.reader(source))
-        kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) < step]
-        if len(kept) != len(rows):
-            temporary = path.with_name(path.name + ".tmp")
-            with open(temporary, "w", newline="", encoding="utf-8") as target:
-                csv.writer(target).writerows(kept)
-            os.replace(temporary, path)
+        rows: List[List[str]] = []
+        for origin in (source, path):
+            if origin is not None and origin.exists():
+                _check_and_repair(origin, _HEADERS[name])
+                with open(origin, newline="", encoding="utf-8") as handle:
+                    rows.extend(list(csv.reader(handle))[1:])
+        keep, kind = point.keeper(), _KINDS[name]
+        kept = [row for row in rows if keep(kind, row[1], int(row[0]))]
+        temporary = path.with_name(path.name + ".tmp")
+        with open(temporary, "w", newline="", encoding="utf-8") as target:
+            csv.writer(target).writerows([_HEADERS[name], *kept])
+            target.flush()
+            os.fsync(target.fileno())
+        os.replace(temporary, path)
+        sync_directory(self._dir)
+        self._history[name] = True
         self._csv(name)
+
+    def _resume_images(self, point: ResumePoint) -> None:
+        recorded = (point.recorded or {}).get("image", {})
+        kept_tags = {_image_folder(tag) for tag, n in recorded.items() if n > 0}
+        own = self._dir / "images"
+        source = None if self._history["images"] else point.source_for(self._dir)
+        if source is not None and (source / "images").is_dir():
+            for png, folder, step in _pngs(source / "images"):
+                if step < point.step or (step == point.step and folder in kept_tags):
+                    destination = own / png.relative_to(source / "images")
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(png, destination)
+            return
+        if own.is_dir():
+            for png, folder, step in _pngs(own):
+                if step > point.step or (step == point.step and folder not in kept_tags):
+                    png.unlink()
+
+
+def _pngs(root: Path):
+    """``(path, tag folder, step)`` of every recorded image below ``root``."""
+    for png in root.rglob("*.png"):
+        if png.stem.isdigit():
+            yield png, png.parent.relative_to(root), int(png.stem)
+
+
+def _image_folder(tag: str) -> Path:
+    parts = [_UNSAFE.sub("_", part) for part in tag.split("/")]
+    return Path(*(p if p.strip(".") else "_" for p in parts))
+
+
+def _quote(field: str) -> str:
+    """A field that needs quotes, as the csv module's default (minimal) quoting writes it."""
+    return '"' + field.replace('"', '""') + '"'
+
+
+def _has_rows(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with open(path, "rb") as handle:
+        handle.readline()
+        return bool(handle.read(1))
 
 
 def _check_and_repair(path: Path, header: Tuple[str, ...]) -> None:

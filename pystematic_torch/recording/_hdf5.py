@@ -4,13 +4,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .. import _hdf5_durable
 from .._hdf5_walk import dataset_names
-from ._backend import RecorderBackend
+from ._backend import RecorderBackend, ResumePoint
 
 __all__ = ["HDF5Backend"]
 
 # Values are kept in memory and appended in blocks: resizing a dataset per value is slow.
 _BLOCK = 1024
+_STEPS = ".steps"
 
 
 class HDF5Backend(RecorderBackend):
@@ -22,6 +24,10 @@ class HDF5Backend(RecorderBackend):
     dataset ``<tag>.steps`` (int64, shape ``(n,)``) holds the step of each entry. An
     existing file is appended to.
 
+    The file is written so that a kill at any moment leaves it readable as of its last
+    flush (every ``flush_secs``, before every checkpoint and at close); see
+    :doc:`recording`.
+
     Example:
         >>> with h5py.File(run_dir / "recordings.h5", "r") as f:
         ...     losses, steps = f["train/loss"][:], f["train/loss.steps"][:]
@@ -32,12 +38,26 @@ class HDF5Backend(RecorderBackend):
     def __init__(self, filename: str = "recordings.h5") -> None:
         self._filename = filename
         self._file: Any = None
+        self._dir: Optional[Path] = None
+        self._has_own_history = False
         self._buffers: Dict[str, Tuple[List[Any], List[int]]] = {}
 
     def open(self, output_dir: Optional[Path]) -> None:
-        import h5py
+        self._dir = Path(output_dir)
+        path = self._dir / self._filename
+        self._has_own_history = path.exists()
+        self._file = _hdf5_durable.open_file(str(path), "a")
 
-        self._file = h5py.File(Path(output_dir) / self._filename, "a")
+    def _scalar_run(self, run: List[tuple]) -> None:
+        buffers = self._buffers
+        for _, tag, value, step, _ in run:
+            buffer = buffers.get(tag)
+            if buffer is None:
+                buffer = buffers[tag] = ([], [])
+            buffer[0].append(value)
+            buffer[1].append(step)
+            if len(buffer[1]) >= _BLOCK:
+                self._write(tag)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self._append(tag, value, step)
@@ -45,31 +65,64 @@ class HDF5Backend(RecorderBackend):
     def array(self, tag: str, array: np.ndarray, step: int) -> None:
         self._append(tag, array, step)
 
-    def resume(self, step: int) -> None:
+    def resume(self, point: ResumePoint) -> None:
         self._write_buffers()
-        for name in dataset_names(self._file):
-            steps_name = name + ".steps"
-            if name.endswith(".steps") or steps_name not in self._file:
-                continue
-            steps = self._file[steps_name][:]
-            keep = steps < step
-            if keep.all():
-                continue
-            values = self._file[name][:][keep]
-            pairs = ((self._file[name], values), (self._file[steps_name], steps[keep]))
-            for dataset, data in pairs:
-                dataset.resize(len(data), axis=0)
-                dataset[...] = data
+        source = None if self._has_own_history else point.source_for(self._dir)
+        if source is not None and (source / self._filename).exists():
+            self._copy_history(source / self._filename, point)
+        else:
+            self._truncate(point)
+        self._has_own_history = True
+        _hdf5_durable.flush(self._file)
 
     def flush(self) -> None:
         self._write_buffers()
-        self._file.flush()
+        _hdf5_durable.flush(self._file)
 
     def close(self) -> None:
         if self._file is not None:
             self.flush()
             self._file.close()
             self._file = None
+
+    def _truncate(self, point: ResumePoint) -> None:
+        """Cut every tag of the own file down to the resumed run's history."""
+        for name, steps in self._tags(self._file):
+            kept = self._kept(name, steps, point)
+            if kept.all():
+                continue
+            for dataset, data in ((self._file[name], None), (self._file[name + _STEPS], steps)):
+                data = dataset[:][kept] if data is None else data[kept]
+                dataset.resize(len(data), axis=0)
+                dataset[...] = data
+
+    def _copy_history(self, source: Path, point: ResumePoint) -> None:
+        """Put the kept history of another run's file in front of what this file holds."""
+        import h5py
+
+        with h5py.File(source, "r") as old:
+            for name, steps in self._tags(old):
+                kept = self._kept(name, steps, point)
+                values = old[name][:][kept]
+                for dataset_name, history in ((name, values), (name + _STEPS, steps[kept])):
+                    mine = self._file[dataset_name][:] if dataset_name in self._file else None
+                    data = history if mine is None else np.concatenate([history, mine])
+                    self._store(dataset_name, data)
+
+    @staticmethod
+    def _tags(handle: Any) -> List[Tuple[str, np.ndarray]]:
+        names = [n for n in dataset_names(handle) if not n.endswith(_STEPS)]
+        return [(n, handle[n + _STEPS][:]) for n in names if n + _STEPS in handle]
+
+    @staticmethod
+    def _kept(name: str, steps: np.ndarray, point: ResumePoint) -> np.ndarray:
+        """Which entries of tag ``name`` (steps in recording order) the resumed run keeps."""
+        # Scalars and arrays of a tag share its dataset, so both kinds' counts apply.
+        recorded = point.recorded or {}
+        count = sum(recorded.get(kind, {}).get(name, 0) for kind in ("scalar", "array"))
+        kept = steps < point.step
+        kept[np.flatnonzero(steps == point.step)[:count]] = True
+        return kept
 
     def _append(self, tag: str, value: Any, step: int) -> None:
         values, steps = self._buffers.setdefault(tag, ([], []))
@@ -88,20 +141,29 @@ class HDF5Backend(RecorderBackend):
             return
         first = np.asarray(values[0])
         data = np.asarray(values, dtype=np.float64 if first.ndim == 0 else first.dtype)
-        for name, block in ((tag, data), (tag + ".steps", np.asarray(steps, dtype=np.int64))):
+        for name, block in ((tag, data), (tag + _STEPS, np.asarray(steps, dtype=np.int64))):
             if name not in self._file:
-                self._file.create_dataset(
-                    name, shape=(0,) + block.shape[1:], maxshape=(None,) + block.shape[1:],
-                    dtype=block.dtype, chunks=(_chunk_rows(block),) + block.shape[1:],
-                )
+                self._create(name, block)
             dataset = self._file[name]
             start = dataset.shape[0]
             dataset.resize(start + len(block), axis=0)
             dataset[start:] = block
 
+    def _store(self, name: str, data: np.ndarray) -> None:
+        if name not in self._file:
+            self._create(name, data)
+        dataset = self._file[name]
+        dataset.resize(len(data), axis=0)
+        dataset[...] = data
+
+    def _create(self, name: str, block: np.ndarray) -> None:
+        self._file.create_dataset(
+            name, shape=(0,) + block.shape[1:], maxshape=(None,) + block.shape[1:],
+            dtype=block.dtype, chunks=(_chunk_rows(block),) + block.shape[1:],
+        )  # fmt: skip
+
 
 def _chunk_rows(block: np.ndarray) -> int:
     # About 256 KiB per chunk, and at least one row.
-    row_bytes = max(1, block[0].nbytes)
+    row_bytes = max(1, block[0].nbytes) if len(block) else 8
     return max(1, min(_BLOCK, (256 * 1024) // row_bytes))
-

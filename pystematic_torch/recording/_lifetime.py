@@ -1,6 +1,7 @@
 """Where a recorder writes, and making sure every recorder is closed in the end."""
 import atexit
 import logging
+import sys
 import weakref
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -34,6 +35,16 @@ def register(recorder: Any) -> None:
     """Close ``recorder`` when the experiment ends (also when it raised), else at exit."""
     _open_recorders.add(recorder)
     _session.call_at_exit(recorder.close)
+
+
+def outcome_at_exit() -> str:
+    """How a recorder closed outside an experiment's end ended: success, unless the program
+    is ending because of an exception nobody caught (Python keeps it in ``sys.last_value``).
+    """
+    last = getattr(sys, "last_value", None)
+    if last is None:
+        return _session.SUCCESS
+    return _session.INTERRUPTED if isinstance(last, KeyboardInterrupt) else _session.FAILURE
 
 
 def unregister(recorder: Any) -> None:

@@ -1,26 +1,31 @@
 """The Recorder: the training thread's side of recording."""
 import logging
 import operator
+import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
+from .. import _session
 from ..distributed import _REDUCE_OPS, all_reduce, is_master
-from ..errors import RecorderError, StateDictError
-from . import _lifetime, _values
+from ..errors import RecorderError
+from . import _lifetime, _resume, _values
 from ._backend import RecorderBackend
 from ._writer import ARRAY, FIGURE, HISTOGRAM, IMAGE, PARAMS, RESUME, SCALAR, STEP, TEXT, Writer
 
 __all__ = ["Recorder"]
 
 logger = logging.getLogger("pystematic.torch.recording")
+_now = time.time
+
 
 class Recorder:
     """Records scalars, images, figures, histograms, text and hyperparameters of a run.
 
-    Every value is recorded at the current :attr:`count`, which :meth:`step` advances. The
-    recording methods only check the value and append it to a queue; one background thread
-    per recorder converts the values and writes them to the enabled backends, in the order
-    they were recorded. See :doc:`recording` for the threading model.
+    Every value is recorded at the current :attr:`count`, which :meth:`step` advances, and
+    with the wall-clock time of the call. The recording methods only check the value and
+    append it to a queue; one background thread per recorder converts the values and writes
+    them to the enabled backends, in the order they were recorded. See :doc:`recording` for
+    the threading model, durability and resuming.
 
     Args:
         output_dir: Where the files go. Defaults to the running experiment's output
@@ -34,7 +39,8 @@ class Recorder:
         max_pending: How many recorded values may wait for the writer. A call that finds
             the queue full blocks until the writer has worked it down to half; no value is
             ever dropped.
-        flush_secs: How often the writer flushes files while values keep arriving.
+        flush_secs: How often the writer flushes files to disk while values keep
+            arriving; a kill loses at most this many seconds of recordings.
 
     Raises:
         RecorderError: No output directory is known, or an argument has a wrong type.
@@ -94,6 +100,7 @@ class Recorder:
         self._stores_arrays = bool(self._writer and self._writer.wants("array"))
         self._accepting = not self._silent
         _lifetime.register(self)
+        _session.register_durable(self)
 
     # -- the counter ---------------------------------------------------------------------
 
@@ -151,7 +158,7 @@ class Recorder:
             value = _values.scalar(tag, value)
         if self._accepting or self._reopen():
             items = self._items
-            items.append((SCALAR, tag, value, self._count))
+            items.append((SCALAR, tag, value, self._count, _now()))
             pending = len(items)
             if pending >= self._wake_at:
                 self._backlog(pending)
@@ -242,11 +249,19 @@ class Recorder:
     ) -> None:
         """Record the run's hyperparameters, shown in TensorBoard's HParams tab for this run.
 
+        Call it once, at the start of the run (a later call is recorded too, but
+        TensorBoard shows the first). The HParams tab then lists the parameters that differ
+        between runs first, offers every scalar of the run as a metric column, and shows
+        the run's status and end time once the recorder is closed. The framework's own
+        parameters (``output_dir``, ``random_seed``, ``cuda``...) are recorded under
+        ``~pystematic.<name>``, after the user's own; see :doc:`recording`.
+
         Args:
-            params: Names and values. Booleans, numbers and strings are kept; other values
-                (None, lists, paths) are recorded as their ``str()``.
-            metrics: Tags and values of the run's results; they are also recorded as
-                scalars at the current count, so the HParams tab can show them.
+            params: Names and values, for example ``pystematic.params``. Booleans, numbers,
+                strings and None are kept (None shows as an empty cell); other values
+                (lists, paths) are recorded as their ``str()``.
+            metrics: Tags and values of results known now; they are recorded as scalars
+                at the current count (every scalar is offered as a metric anyway).
 
         Raises:
             RecorderError: ``params`` is not a mapping, or a metric is not a number.
@@ -293,9 +308,11 @@ class Recorder:
     # -- lifetime ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Return once everything recorded so far is written and flushed to the files.
+        """Return once everything recorded so far is written to the files and on disk.
 
-        A no-op after :meth:`close`.
+        "On disk" means flushed and synced (``fsync``), so neither a kill nor a crash of
+        the machine loses it. ``save_checkpoint`` calls this for every open recorder
+        before it writes the checkpoint. A no-op after :meth:`close`.
 
         Raises:
             RecorderError: A backend failed since the last call.
@@ -305,21 +322,29 @@ class Recorder:
         self._raise_failures()
 
     def close(self) -> None:
-        """Write everything recorded so far, close the files and end the writer thread.
+        """Write everything recorded so far, end the run's session, close the files.
 
-        Called by the plugin when the experiment ends, also when it raised. Calling it again
+        Called by the plugin when the experiment ends, also when it raised; the session's
+        status in TensorBoard's HParams tab is how the experiment ended (see
+        :doc:`recording`). Closed directly, outside that, the status is a success; leaving
+        a ``with Recorder(...)`` block by an exception makes it a failure. Calling it again
         does nothing; recording after it raises :class:`~pystematic_torch.RecorderError`.
 
         Raises:
             RecorderError: A backend failed since the last call.
         """
+        ending = _session.outcome() if _session.current_params() is not None else None
+        self._close(ending or _lifetime.outcome_at_exit())
+
+    def _close(self, outcome: str) -> None:
         if self._closed:
             return
         self._closed = True
         self._accepting = False
         _lifetime.unregister(self)
+        _session.unregister_durable(self)
         if self._writer is not None:
-            self._writer.stop()
+            self._writer.stop(outcome)
         self._raise_failures()
 
     def setup_distributed(self) -> None:
@@ -338,47 +363,63 @@ class Recorder:
     def __enter__(self) -> "Recorder":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._close(_session.INTERRUPTED if issubclass(kind, KeyboardInterrupt)
+                        else _session.FAILURE)  # fmt: skip
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def state_dict(self) -> Dict[str, int]:
-        """The recorder's state for a checkpoint: ``{"count": count}``."""
-        return {"count": self._count}
+    def state_dict(self) -> Dict[str, Any]:
+        """The recorder's state for a checkpoint: its count, and what was recorded at it.
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue counting from a checkpoint's count.
-
-        Backends that append to existing files (CSV, HDF5, TensorBoard in the same
-        directory) drop what they hold at this count or later, so a run resumed into the
-        same output directory has no duplicated steps.
+        Besides ``count`` it holds how many values of each kind and tag had been recorded
+        at the count when this was called, and the output directory, so a run resumed
+        from the checkpoint keeps exactly the values recorded before it and no others
+        (see :doc:`recording`). Waits for the writer to reach the values recorded so far.
+        The state is plain data: checkpoints load with ``torch.load(weights_only=True)``.
 
         Raises:
-            StateDictError: ``state`` has no int ``"count"``.
+            RecorderError: A backend failed since the last call.
         """
-        count = state.get("count") if isinstance(state, Mapping) else None
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise StateDictError(
-                f"Recorder.load_state_dict() got {state!r}; expected a dict like "
-                "{'count': 12} as returned by Recorder.state_dict()."
-            )
-        self._count = count
+        recorded = None
+        if self._writer is not None and not self._closed:
+            recorded = self._writer.capture(self._count)
+            self._raise_failures()
+        return _resume.capture(self._count, recorded, self.output_dir)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue counting from a checkpoint's count, with the history it recorded.
+
+        Backends that append to existing files (CSV, HDF5, TensorBoard) drop what they
+        hold beyond the checkpoint: values at later counts, and values at its count that
+        were recorded after it was taken. When the recorder writes into another directory
+        than the checkpointed run did, and that directory holds no recordings yet, they
+        copy the run's history from there first, so either way the resumed run's files
+        hold every value exactly once.
+
+        Raises:
+            StateDictError: ``state`` is not a state from :meth:`state_dict`.
+        """
+        point = _resume.resume_point(state)
+        self._count = point.step
         if self._wants_resume and not self._closed and not self._silent:
-            self._put(RESUME, None, None, count)
+            self._put(RESUME, None, point, point.step)
 
     # -- internals -----------------------------------------------------------------------
 
     def _put(self, kind: int, tag: Optional[str], value: Any, step: Optional[int] = None) -> None:
         if self._accepting or self._reopen():
             items = self._items
-            items.append((kind, tag, value, self._count if step is None else step))
+            items.append((kind, tag, value, self._count if step is None else step, _now()))
             pending = len(items)
             if pending >= self._wake_at:
                 self._backlog(pending)
 
     def _backlog(self, pending: int) -> None:
-        # The writer polls every 0.1 s; a growing backlog wakes it at once (only at the
+        # The writer polls every 0.5 s; a growing backlog wakes it at once (only at the
         # crossing, so a busy writer costs no Event.set() per call), a full queue blocks.
         if pending >= self._max_pending:
             self._writer.wait_for_room()

@@ -1,4 +1,4 @@
-"""TensorBoard event files, written with the ``tensorboard`` package's protos and records."""
+"""TensorBoard event files: scalars encoded by hand, everything else with TensorBoard's protos."""
 import itertools
 import os
 import socket
@@ -8,61 +8,63 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ._backend import RecordedImage, RecorderBackend
+from . import _event_history, _events, _hparams
+from ._backend import RecordedImage, RecorderBackend, ResumePoint
 
 __all__ = ["TensorBoardBackend"]
 
 _file_numbers = itertools.count()
-# Scalars of one step travel in one event; this bounds the size of such an event.
-_MAX_VALUES_PER_EVENT = 512
 
 
 class TensorBoardBackend(RecorderBackend):
-    """Writes one TensorBoard event file into the output directory.
+    """Writes TensorBoard event files into the output directory.
 
     The directory is one run for ``tensorboard --logdir``: hyperparameters from
-    :meth:`Recorder.params` are part of the same run, not a separate one. Scalars recorded
-    at the same step are written as one event, which TensorBoard reads as separate values.
-    Scalars are stored as 32-bit floats, as TensorBoard does; ``scalars.csv`` keeps full
-    precision.
+    :meth:`Recorder.params` are part of the same run, not a separate one, and the run's
+    HParams session ends with its status when the recorder is closed. Each value's event
+    carries the wall time of its recording call. Scalars recorded at the same step within a
+    millisecond share one event (TensorBoard reads them as separate values). Scalars are
+    stored as 32-bit floats, as TensorBoard does; ``scalars.csv`` keeps full precision.
+
+    The backend's files end in ``.pystematic-torch``; on resume it rewrites only those (see
+    :doc:`recording`).
     """
 
     name = "tensorboard"
 
     def __init__(self) -> None:
-        self._writer: Any = None
-        self._pending: List[Any] = []
-        self._pending_step: Optional[int] = None
+        self._dir: Optional[Path] = None
+        self._file: Any = None
+        self._has_own_history = False
+        self._encoder = _events.ScalarEncoder()
 
     def open(self, output_dir: Optional[Path]) -> None:
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.summary.writer.record_writer import RecordWriter
+        self._dir = Path(output_dir)
+        _event_history.recover(self._dir, self._new_path)
+        self._has_own_history = bool(_event_history.own_files(self._dir))
 
-        self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-        self._value_type = summary_pb2.Summary.Value
-        # The name follows TensorBoard's own pattern; readers look for "tfevents" in it.
-        host, pid, number = socket.gethostname(), os.getpid(), next(_file_numbers)
-        name = f"events.out.tfevents.{int(time.time()):010d}.{host}.{pid}.{number}"
-        self.path = Path(output_dir) / name
-        self._writer = RecordWriter(open(self.path, "wb"))
-        self._write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+    # -- values ----------------------------------------------------------------------
+
+    def _scalar_run(self, run: List[tuple]) -> None:
+        self._write(self._encoder.encode(run))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if step != self._pending_step or len(self._pending) >= _MAX_VALUES_PER_EVENT:
-            self._write_pending()
-            self._pending_step = step
-        self._pending.append(self._value_type(tag=tag, simple_value=value))
+        self._scalar_run([(0, tag, value, step, self.wall_time)])
 
     def image(self, tag: str, image: RecordedImage, step: int) -> None:
+        from tensorboard.compat.proto import summary_pb2
+
         height, width, channels = image.pixels.shape
-        picture = self._summary_pb2.Summary.Image(
+        picture = summary_pb2.Summary.Image(
             height=height, width=width, colorspace=channels, encoded_image_string=image.png
         )
-        self._write_values(step, [self._value_type(tag=tag, image=picture)])
+        self._write_values(step, [summary_pb2.Summary.Value(tag=tag, image=picture)])
 
     def histogram(self, tag: str, values: np.ndarray, bins: int, step: int) -> None:
+        from tensorboard.compat.proto import summary_pb2
+
         counts, edges = np.histogram(values, bins=bins)
-        histo = self._summary_pb2.HistogramProto(
+        histo = summary_pb2.HistogramProto(
             min=float(values.min()) if values.size else 0.0,
             max=float(values.max()) if values.size else 0.0,
             num=float(values.size),
@@ -71,10 +73,10 @@ class TensorBoardBackend(RecorderBackend):
             bucket_limit=edges[1:].tolist(),
             bucket=counts.astype(np.float64).tolist(),
         )
-        self._write_values(step, [self._value_type(tag=tag, histo=histo)])
+        self._write_values(step, [summary_pb2.Summary.Value(tag=tag, histo=histo)])
 
     def text(self, tag: str, text: str, step: int) -> None:
-        from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
+        from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
         from tensorboard.plugins.text import metadata
 
         tensor = tensor_pb2.TensorProto(
@@ -84,71 +86,70 @@ class TensorBoardBackend(RecorderBackend):
                 dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]
             ),
         )
-        value = self._value_type(
+        value = summary_pb2.Summary.Value(
             tag=tag, tensor=tensor, metadata=metadata.create_summary_metadata(tag, "")
         )
         self._write_values(step, [value])
 
     def params(self, params: Dict[str, Any], metric_tags: List[str], step: int) -> None:
-        # Built from the hparams plugin's own protos and metadata; its summary helpers
-        # need TensorFlow.
-        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+        # No experiment description: TensorBoard then ranks the parameters by whether they
+        # differ between runs and offers every scalar as a metric (see _hparams).
+        self._write_values(step, [_hparams.session_start_value(params, self.wall_time)])
 
-        types = {bool: api_pb2.DATA_TYPE_BOOL, str: api_pb2.DATA_TYPE_STRING}
-        experiment = api_pb2.Experiment(
-            time_created_secs=time.time(),
-            hparam_infos=[
-                api_pb2.HParamInfo(name=name, type=types.get(type(v), api_pb2.DATA_TYPE_FLOAT64))
-                for name, v in params.items()
-            ],
-            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t)) for t in metric_tags],
-        )
-        session = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
-        for name, value in params.items():
-            field = {bool: "bool_value", str: "string_value"}.get(type(value), "number_value")
-            setattr(session.hparams[name], field, value)
-        values = [
-            self._value_type(
-                tag=tag, tensor=metadata.NULL_TENSOR,
-                metadata=metadata.create_summary_metadata(plugin_data),
-            )
-            for tag, plugin_data in (
-                (metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
-                (metadata.SESSION_START_INFO_TAG,
-                 plugin_data_pb2.HParamsPluginData(session_start_info=session)),
-            )
-        ]
-        self._write_values(step, values)
+    def run_ended(self, outcome: str) -> None:
+        self._write_values(0, [_hparams.session_end_value(outcome, self.wall_time)])
 
-    def resume(self, step: int) -> None:
-        # TensorBoard drops the events at this step and later that it read before a
-        # SessionLog.START event, as it does for any restarted job.
-        self._write_pending()
-        session_log = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
-        self._write_event(
-            self._event_pb2.Event(wall_time=time.time(), step=step, session_log=session_log)
-        )
+    # -- resuming ----------------------------------------------------------------------
+
+    def resume(self, point: ResumePoint) -> None:
+        self._close_file()
+        sources = _event_history.source_files(point, self._dir, self._has_own_history)
+        if not sources:
+            return
+        target = self._new_path()
+        _event_history.rewrite(self._dir, sources, point, self._header(), target)
+        self._file = open(target, "ab")
+        self._has_own_history = True
+
+    # -- files -------------------------------------------------------------------------
 
     def flush(self) -> None:
-        self._write_pending()
-        self._writer.flush()
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        if self._writer is not None:
+        if self._file is not None:
             self.flush()
-            self._writer.close()
-            self._writer = None
+            self._close_file()
 
-    def _write_pending(self) -> None:
-        if self._pending:
-            self._write_values(self._pending_step, self._pending)
-            self._pending = []
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _new_path(self) -> Path:
+        # TensorBoard's own naming, which its readers look for, then our suffix.
+        host, pid, number = socket.gethostname(), os.getpid(), next(_file_numbers)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{host}.{pid}.{number}"
+        return self._dir / (name + _event_history.SUFFIX)
+
+    def _header(self) -> bytes:
+        from tensorboard.compat.proto import event_pb2
+
+        event = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+        return _events.frame([event.SerializeToString()])
+
+    def _write(self, data: bytes) -> None:
+        if self._file is None:
+            self._file = open(self._new_path(), "ab")
+            self._file.write(self._header())
+        self._file.write(data)
 
     def _write_values(self, step: int, values: List[Any]) -> None:
-        if values is not self._pending:
-            self._write_pending()
-        summary = self._summary_pb2.Summary(value=values)
-        self._write_event(self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+        from tensorboard.compat.proto import event_pb2, summary_pb2
 
-    def _write_event(self, event: Any) -> None:
-        self._writer.write(event.SerializeToString())
+        event = event_pb2.Event(
+            wall_time=self.wall_time, step=step, summary=summary_pb2.Summary(value=values)
+        )
+        self._write(_events.frame([event.SerializeToString()]))

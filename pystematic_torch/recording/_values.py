@@ -3,6 +3,7 @@
 The checks look only at types, shapes and dtypes, never at tensor data, so they cost no
 GPU synchronisation; a mistake still fails at the call that made it, naming the tag.
 """
+import contextlib
 import numbers
 import sys
 from typing import Any, Optional, Tuple, Union
@@ -35,19 +36,29 @@ def scalar(tag: str, value: Any) -> Any:
     CPU tensors and NumPy numbers become Python numbers right away (no synchronisation is
     involved, and a tensor updated in place later must not change what was recorded).
     Tensors on an accelerator are cloned, which queues a copy on the device without
-    waiting for it; the writer thread calls ``item()`` on the clone.
+    waiting for it; the writer thread reads the clone (a CUDA clone comes with the stream
+    it was queued on).
     """
     check_tag("scalar", tag)
     if isinstance(value, torch.Tensor):
+        if value.is_cpu and value.numel() == 1:
+            # The common case (a CPU loss), with as few tensor queries as possible.
+            number = value.item()
+            if number.__class__ is float or number.__class__ is int:
+                return number
         if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
             raise RecorderError(
                 f"Recorder.scalar({tag!r}) got a {value.dtype} tensor of shape "
                 f"{tuple(value.shape)}; a scalar must be a real tensor with exactly one "
                 "element. Record several values with scalars() or histogram()."
             )
-        if value.device.type == "cpu":
-            return value.item()
-        return value.detach().clone()
+        copy = value.detach().clone()
+        if copy.is_cuda:
+            # The copy is queued on the caller's current stream; the writer reads it on that
+            # same stream, so it waits for exactly the work before the call, and the caching
+            # allocator sees no use of the copy on another stream.
+            return (copy, torch.cuda.current_stream(copy.device))
+        return copy
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, numbers.Real):
@@ -139,9 +150,9 @@ def array(method: str, tag: str, value: Any) -> Any:
     return data
 
 
-def param_value(value: Any) -> Union[bool, int, float, str]:
-    """A hyperparameter as TensorBoard stores it: bool, number or string."""
-    if isinstance(value, (bool, str)):
+def param_value(value: Any) -> Union[bool, int, float, str, None]:
+    """A hyperparameter as backends receive it: bool, number, string or None."""
+    if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, numbers.Integral):
         return int(value)
@@ -185,9 +196,34 @@ def _describe(value: Any) -> str:
 # -- on the writer thread --------------------------------------------------------------
 
 
-def scalar_number(value: torch.Tensor) -> float:
-    """The number in a one-element accelerator tensor (waits for the device, off-thread)."""
-    return value.item()
+def scalar_number(value: Any) -> float:
+    """The number in one recorded accelerator scalar (waits for the device, off-thread)."""
+    return scalar_numbers([value])[0]
+
+
+def scalar_numbers(values: list) -> list:
+    """``values`` with every recorded tensor replaced by its number.
+
+    Recorded accelerator scalars wait here in the thousands when the writer falls behind;
+    reading each with ``item()`` would cost a synchronisation apiece, so the ones of a
+    device, dtype and stream are stacked and read with one copy.
+    """
+    numbers = list(values)
+    groups: dict = {}
+    for index, value in enumerate(values):
+        stream = None
+        if value.__class__ is tuple:
+            value, stream = value
+        elif not isinstance(value, torch.Tensor):
+            continue
+        groups.setdefault((value.device, value.dtype, stream), []).append((index, value))
+    for (_, _, stream), members in groups.items():
+        on_stream = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+        with on_stream:
+            read = torch.stack([tensor.reshape(()) for _, tensor in members]).tolist()
+        for (index, _), number in zip(members, read):
+            numbers[index] = number
+    return numbers
 
 
 def image_pixels(source: Tuple[Any, str]) -> RecordedImage:

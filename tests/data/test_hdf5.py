@@ -182,3 +182,114 @@ def test_writer_round_trips_string_columns_through_the_dataset(tmp_path):
     rows = [dataset[i] for i in range(3)]
     assert [name for name, _ in rows] == ["cat", "dog", "emu"]
     assert [float(score) for _, score in rows] == [0.5, 0.25, 1.0]
+
+
+def test_writer_failures_name_the_problem_and_keep_the_columns_even(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match=r"flush_secs=0 is not a positive number"):
+        HDF5Writer(tmp_path / "x.h5", flush_secs=0)
+    writer = HDF5Writer(tmp_path / "x.h5")
+    writer.append(score=[0.5], weight=[1.0])
+    with pytest.raises(DataError, match="could not write the rows.*no row of this call was kept"):
+        writer.append(score=[0.25], weight=["heavy"])  # a string into a float column
+    assert writer.rows == 1
+    writer.append(score=[0.75], weight=[2.0])
+
+    from pystematic_torch import _hdf5_durable
+
+    def full_disk(handle):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(_hdf5_durable, "flush", full_disk)
+    writer.flush_secs = 1e-9
+    writer.flush_if_due()  # what the background flusher calls; the failure waits for us
+    with pytest.raises(DataError, match="could not write .*x.h5.*No space left on device"):
+        writer.append(score=[1.0], weight=[3.0])
+    monkeypatch.undo()
+    writer.close()
+    with h5py.File(tmp_path / "x.h5", "r") as handle:
+        assert handle["score"][:].tolist() == [0.5, 0.75]
+        assert handle["weight"][:].tolist() == [1.0, 2.0]
+
+
+IDLE_WRITER = """
+import sys, time
+from pystematic_torch.data import HDF5Writer, _hdf5_writer
+
+flushed = _hdf5_writer.HDF5Writer._flush_locked
+def reporting_flush(self):
+    had_rows = self._dirty
+    flushed(self)
+    if had_rows:
+        print(f"FLUSHED {self.rows}", flush=True)
+_hdf5_writer.HDF5Writer._flush_locked = reporting_flush
+
+writer = HDF5Writer(sys.argv[1], flush_secs=0.5, compression="gzip")
+writer.append(step=list(range(10)))
+print(f"APPENDED {writer.rows} {time.monotonic()}", flush=True)
+sys.stdin.read()  # idle: no more appends, no explicit flush
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_writer_is_flushed_within_flush_secs_and_survives_a_kill(tmp_path):
+    import signal
+    import time
+
+    path = tmp_path / "idle.h5"
+    child = subprocess.Popen([sys.executable, "-c", IDLE_WRITER, str(path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        lines = iter(child.stdout.readline, "")
+        appended = next(line for line in lines if line.startswith("APPENDED"))
+        flushed = next(line for line in lines if line.startswith("FLUSHED"))
+        seen_at = time.monotonic()
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
+        child.stdin.close()
+        child.stdout.close()
+    assert int(flushed.split()[1]) == 10
+    # Flushed by the background thread within flush_secs (plus its polling), not at exit.
+    assert seen_at - float(appended.split()[2]) < 30  # generous: the machine may be loaded
+    with h5py.File(path, "r") as handle:
+        assert handle["step"][:].tolist() == list(range(10))
+
+
+def test_a_resumed_writer_holds_the_checkpoints_rows_once_in_its_own_or_a_new_file(tmp_path):
+    from pystematic_torch import Context
+
+    ctx = Context()
+    ctx.predictions = HDF5Writer(tmp_path / "run" / "preds.h5")
+    ctx.predictions.append(step=np.arange(5), name=[f"r{i}" for i in range(5)])
+    torch.save(ctx.state_dict(), tmp_path / "checkpoint.pt")
+    ctx.predictions.append(step=[5, 6, 7], name=["lost", "lost", "lost"])  # abandoned
+    ctx.predictions.close()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+
+    resumed = Context()  # requeued into the same directory
+    resumed.predictions = HDF5Writer(tmp_path / "run" / "preds.h5", mode="a")
+    resumed.load_state_dict(state)
+    resumed.predictions.append(step=[5], name=["again"])
+    resumed.predictions.close()
+    dataset = HDF5Dataset(tmp_path / "run" / "preds.h5", keys=["step", "name"])
+    assert [(int(s), n) for s, n in (dataset[i] for i in range(len(dataset)))] == [
+        *((i, f"r{i}") for i in range(5)), (5, "again")
+    ]
+    dataset.close()
+
+    elsewhere = Context()  # resumed into a new run directory
+    elsewhere.predictions = HDF5Writer(tmp_path / "new" / "preds.h5")
+    elsewhere.load_state_dict(state)
+    elsewhere.predictions.close()
+    with h5py.File(tmp_path / "new" / "preds.h5", "r") as handle:
+        assert handle["step"][:].tolist() == list(range(5))
+
+    truncated = HDF5Writer(tmp_path / "run" / "preds.h5")  # mode "w" emptied it
+    with pytest.raises(DataError, match=r"holds 0 rows, but the checkpoint was taken after 5; "
+                                        "open the file with mode='a'"):
+        truncated.load_state_dict(state["predictions"])
+    with pytest.raises(DataError, match="expected a dict like"):
+        truncated.load_state_dict({"rows": -1})
+    truncated.close()

@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from pystematic_torch import RecorderError, StateDictError
 from pystematic_torch.recording import Recorder, RecorderBackend
+from tests.recording.held_writer import HeldWriter
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -144,10 +145,10 @@ def test_histograms_text_and_hyperparameters_share_the_run(tmp_path):
     assert session.hparams["lr"].number_value == 0.1
     assert session.hparams["opt"].string_value == "sgd"
     assert session.hparams["nesterov"].bool_value is False
-    assert session.hparams["path"].string_value == "None"
-    content = events.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content
-    experiment = hparams_metadata.parse_experiment_plugin_data(content)
-    assert [m.name.tag for m in experiment.metric_infos] == ["val/accuracy"]
+    assert "path" not in session.hparams  # None: an empty cell in TensorBoard
+    # No experiment description: TensorBoard then builds the tab from all runs (see
+    # test_tensorboard_server.py for what it shows).
+    assert hparams_metadata.EXPERIMENT_TAG not in events.Tags()["tensors"]
     assert read_csv(tmp_path / "text.csv")[1] == ["0", "notes", "lr *halved*, see 'run 2'"]
 
 
@@ -262,9 +263,17 @@ def test_bad_state_dict_and_missing_output_dir_are_explained(tmp_path):
     with pytest.raises(RecorderError, match="no output_dir"):
         Recorder()
     with Recorder(tmp_path) as recorder:
-        with pytest.raises(StateDictError, match="expected a dict like"):
+        with pytest.raises(StateDictError, match="'count' must be an int >= 0, not None; "
+                                                 r"unknown keys \['step'\]. Expected a dict"):
             recorder.load_state_dict({"step": 3})
-        assert recorder.state_dict() == {"count": 0}
+        with pytest.raises(StateDictError, match="'recorded_at_count' must map kinds"):
+            recorder.load_state_dict({"count": 3, "recorded_at_count": {"scalar": {"x": -1}}})
+        with pytest.raises(StateDictError, match="got a list"):
+            recorder.load_state_dict([3])
+        assert recorder.count == 0  # nothing changed
+        assert recorder.state_dict() == {
+            "count": 0, "recorded_at_count": {}, "output_dir": str(tmp_path.resolve())
+        }
 
 
 class FailingBackend(RecorderBackend):
@@ -370,6 +379,36 @@ def test_cuda_scalars_are_read_on_the_writer_thread(tmp_path):
     assert [r[2] for r in read_csv(tmp_path / "scalars.csv")[1:]] == ["2.5", "7.0"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_recording_cuda_scalars_never_synchronises_the_training_thread(tmp_path):
+    held = HeldWriter()
+    side = torch.cuda.Stream()
+    with Recorder(tmp_path, tensorboard=False, backends=[held]) as recorder:
+        recorder.scalar("start", 0.0)
+        assert held.reached.wait(60)  # the writer reads nothing while we check
+        torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+        try:
+            with torch.cuda.stream(side):
+                x = torch.ones(2048, 2048, device="cuda")
+                for _ in range(5):
+                    x = x @ x / 2048  # long work on a side stream, still ones
+                    recorder.scalar("x", x[0, 0])
+                    recorder.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        held.released.set()
+    # Read on the stream they were queued on: after the work that produced them.
+    assert [r[2] for r in read_csv(tmp_path / "scalars.csv")[1:]] == ["0.0"] + ["1.0"] * 5
+
+
+def test_recorded_tensors_are_read_in_one_go_per_device_dtype_and_stream():
+    from pystematic_torch.recording import _values
+
+    values = [1.0, torch.tensor(2.5), torch.tensor(3), 4, torch.tensor(5.5, dtype=torch.float64)]
+    assert _values.scalar_numbers(values) == [1.0, 2.5, 3, 4, 5.5]
+    assert _values.scalar_number(torch.tensor(7)) == 7
+
+
 class DyingBackend(RecorderBackend):
     name = "dying"
 
@@ -385,3 +424,48 @@ def test_a_dead_writer_thread_is_reported_and_refuses_further_values(tmp_path):
     with pytest.raises(RecorderError, match="writer thread has stopped"):
         recorder.scalar("x", 2.0)
     recorder.close()
+
+
+def test_a_recorder_that_records_nothing_leaves_no_files(tmp_path):
+    recorder = Recorder(tmp_path / "run", hdf5=True)
+    recorder.flush()
+    assert recorder.state_dict()["count"] == 0
+    recorder.close()
+    assert not (tmp_path / "run").exists()
+
+
+def session_status(directory):
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    events = read_events(directory)
+    content = events.SummaryMetadata(hparams_metadata.SESSION_END_INFO_TAG).plugin_data.content
+    end = hparams_metadata.parse_session_end_info_plugin_data(content)
+    return end.status, end.end_time_secs
+
+
+def test_the_session_ends_with_how_the_recorder_was_left(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2
+
+    before = time.time()
+    with Recorder(tmp_path / "ok") as recorder:
+        recorder.params({"lr": 0.1})
+    status, end_time = session_status(tmp_path / "ok")
+    assert status == api_pb2.STATUS_SUCCESS and before <= end_time <= time.time()
+
+    with pytest.raises(ValueError):
+        with Recorder(tmp_path / "raised") as recorder:
+            recorder.params({"lr": 0.1})
+            raise ValueError("diverged")
+    assert session_status(tmp_path / "raised")[0] == api_pb2.STATUS_FAILURE
+
+    code = (
+        "import sys\n"
+        "from pystematic_torch.recording import Recorder\n"
+        "recorder = Recorder(sys.argv[1])\n"
+        "recorder.params({'lr': 0.1})\n"
+        "raise RuntimeError('nobody caught me')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "uncaught")],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 1 and "nobody caught me" in result.stderr
+    assert session_status(tmp_path / "uncaught")[0] == api_pb2.STATUS_FAILURE

@@ -34,7 +34,12 @@ def record_on_two_ranks(rank, root):
 def test_only_rank_0_writes_and_reduce_combines_the_ranks(tmp_path):
     states = run_on_ranks(record_on_two_ranks, args=(str(tmp_path),), timeout=90)
 
-    assert states == [{"count": 1}, {"count": 1}]
+    # Rank 0 says what reached its files at count 1 (nothing yet); silent rank 1 has no
+    # files to say anything about.
+    assert states == [
+        {"count": 1, "recorded_at_count": {}, "output_dir": str(tmp_path / "rank0-a")},
+        {"count": 1, "output_dir": str(tmp_path / "rank1-a")},
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0-a", "rank0-b"]
     with open(tmp_path / "rank0-a" / "scalars.csv", newline="") as handle:
         rows = {tag: float(value) for _, tag, value in list(csv.reader(handle))[1:]}

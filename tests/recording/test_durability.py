@@ -1,0 +1,125 @@
+"""A run SIGKILLed at any moment keeps every value recorded before its last checkpoint.
+
+Each test runs a real process that records without pause (Recorder with TensorBoard, CSV
+and HDF5, and an HDF5Writer beside it) and makes its recordings durable every 40 steps, as
+``save_checkpoint`` does, printing a marker after each. The test kills it right after a
+marker, while it goes on recording, and then reads the files with their own readers.
+"""
+import csv
+import signal
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+from pystematic_torch.data import HDF5Dataset
+
+RECORDING_FOREVER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from pystematic_torch import _session
+    from pystematic_torch.data import HDF5Writer
+    from pystematic_torch.recording import Recorder
+
+    directory = sys.argv[1]
+    recorder = Recorder(directory, hdf5=True, flush_secs=float(sys.argv[2]))
+    writer = HDF5Writer(directory + "/rows.h5", compression=sys.argv[3] or None)
+    step = 0
+    while True:
+        recorder.scalar("loss", float(step))
+        recorder.scalar("accuracy", step / 1000)
+        recorder.array("weights", np.full(3, step, dtype=np.float32))
+        if step % 10 == 0:
+            recorder.text("note", f"step {step}")
+        writer.append(step=[step], features=np.full((1, 4), step, dtype=np.float32))
+        recorder.step()
+        step += 1
+        if step % 40 == 0:
+            _session.make_durable()  # what save_checkpoint does before it writes
+            print(f"CHECKPOINT {step}", flush=True)
+""")
+
+
+def complete_csv_rows(path):
+    """The CSV's rows up to its last complete line (a kill can cut the last one)."""
+    data = path.read_bytes()
+    data = data[: data.rfind(b"\n") + 1]
+    return list(csv.reader(data.decode("utf-8").splitlines()))
+
+
+def run_and_kill(directory, markers, flush_secs=5.0, compression=""):
+    """Start the recording process, SIGKILL it after ``markers`` markers; the last step."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", RECORDING_FOREVER, str(directory), str(flush_secs),
+         compression],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    durable = None
+    try:
+        for line in child.stdout:
+            if line.startswith("CHECKPOINT"):
+                durable = int(line.split()[1])
+                markers -= 1
+                if markers == 0:
+                    break
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+        child.stdout.close()
+        stderr = child.stderr.read()
+        child.stderr.close()
+    assert durable is not None, f"the recording process printed no marker: {stderr}"
+    assert child.returncode == -signal.SIGKILL
+    return durable
+
+
+def check_everything_up_to(directory, durable):
+    steps = list(range(durable))
+
+    rows = complete_csv_rows(directory / "scalars.csv")
+    assert rows[0] == ["step", "tag", "value"]
+    loss = [(int(step), float(value)) for step, tag, value in rows[1:] if tag == "loss"]
+    assert loss[:durable] == [(s, float(s)) for s in steps]
+    assert [s for s, _ in loss] == list(range(len(loss)))  # no gap, no duplicate
+
+    events = []
+    for path in sorted(directory.glob("*tfevents*")):
+        events.extend(LegacyEventFileLoader(str(path)).Load())
+    tensorboard_loss = [(e.step, v.simple_value) for e in events for v in e.summary.value
+                        if v.tag == "loss"]  # fmt: skip
+    assert tensorboard_loss[:durable] == [(s, float(s)) for s in steps]
+    assert [s for s, _ in tensorboard_loss] == list(range(len(tensorboard_loss)))
+
+    with h5py.File(directory / "recordings.h5", "r") as f:
+        recorded = len(f["loss"])
+        assert recorded >= durable
+        assert f["loss"][:].tolist() == list(map(float, range(recorded)))
+        assert f["loss.steps"][:].tolist() == list(range(recorded))
+        assert f["weights"][:durable, 0].tolist() == list(map(float, steps))
+
+    rows_file = HDF5Dataset(directory / "rows.h5", keys=["step", "features"])  # equal lengths
+    assert len(rows_file) >= durable
+    with h5py.File(directory / "rows.h5", "r") as f:
+        assert f["step"][:].tolist() == list(range(len(rows_file)))
+        assert np.array_equal(f["features"][:, 0], np.arange(len(rows_file)))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("markers", [1, 3, 6])
+def test_a_kill_loses_nothing_recorded_before_the_last_checkpoint(tmp_path, markers):
+    durable = run_and_kill(tmp_path, markers)
+    check_everything_up_to(tmp_path, durable)
+
+
+@pytest.mark.timeout(180)
+def test_compressed_hdf5_writers_and_frequent_flushes_survive_kills_too(tmp_path):
+    for attempt in range(3):
+        directory = tmp_path / str(attempt)
+        durable = run_and_kill(directory, markers=2 + attempt, flush_secs=0.05,
+                               compression="gzip")  # fmt: skip
+        check_everything_up_to(directory, durable)

@@ -97,9 +97,12 @@ def load_order(value: Any) -> int:
     0: objects only checked by the form of their state, whose loading may still fail, go
     first, before anything else was touched; 1: what :func:`check` judges exactly (modules,
     optimizers, generators, tensors, plain values); 2: objects with their own
-    ``check_state_dict``, last: they vouch for the state, and their loading may do what a
-    roll-back cannot undo (a recorder trimming its files to the loaded step).
+    ``check_state_dict``: they vouch for the state; 3: objects whose loading cannot be
+    undone (``irreversible_load = True``: a recorder trimming its files to the loaded step),
+    very last, when nothing else can fail any more.
     """
+    if getattr(type(value), "irreversible_load", False):
+        return 3
     if isinstance(value, dict):
         return min(map(load_order, value.values()), default=1)
     if isinstance(value, (list, tuple)):

@@ -17,6 +17,10 @@ from . import _prefetch
 
 logger = logging.getLogger("pystematic.torch.data")
 
+# The bar is told of batches in groups: it redraws ten times a second at most, and telling
+# it of every batch costs more than a tiny model's step takes to gather its batch.
+_BAR_EVERY = 8
+
 
 class EpochIterator:
     """One pass over a SmartDataLoader: counts deliveries, ends the epoch when it runs out."""
@@ -45,7 +49,11 @@ class EpochIterator:
         else:
             self._next = lambda: move_to_device(device, next(host))
         self._bar = loader._make_bar(start)
+        self._unshown = 0
         self._stop_check = stop_check_for(loader, _registered_on_a_context)
+        # The loader's attributes, written directly: DataLoader.__setattr__ guards a few
+        # attributes at a cost paid on every batch otherwise.
+        self._place = vars(loader)
         self._done = False
 
     def __iter__(self) -> "EpochIterator":
@@ -65,9 +73,12 @@ class EpochIterator:
         except StopIteration:
             self._end_epoch()
             raise
-        self._loader._position += 1
+        self._place["_position"] += 1
         if self._bar is not None:
-            self._bar.update(1)
+            self._unshown += 1
+            if self._unshown == _BAR_EVERY:
+                self._bar.update(self._unshown)
+                self._unshown = 0
         return batch
 
     def _exhausted(self) -> bool:
@@ -95,6 +106,7 @@ class EpochIterator:
         if self._feeder is not None:
             self._feeder.close()
         if self._bar is not None:
+            self._bar.update(self._unshown)
             self._bar.close()
         self._next = None
 

@@ -257,6 +257,39 @@ class HDF5Writer:
         """
         return {"rows": self.rows, "path": os.path.abspath(self.path)}
 
+    #: Loading cuts rows off the file, which no roll-back can undo: a Context loads a writer
+    #: after every other item, once nothing else can fail.
+    irreversible_load = True
+
+    def check_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Raise if ``state`` cannot be loaded into this writer, changing nothing.
+
+        Raises:
+            DataError: as :meth:`load_state_dict` would, before it changes the file.
+        """
+        rows, source = self._resume_point(state)
+        copies = (self.rows == 0 and rows > 0 and source is not None
+                  and os.path.exists(source) and not _same_file(source, self.path))  # fmt: skip
+        if self._file is None:
+            raise DataError(f"HDF5Writer for {self.path!r} is closed; create a new writer.")
+        if not copies and self.rows < rows:
+            raise DataError(
+                f"HDF5Writer.load_state_dict(): {self.path!r} holds {self.rows} rows, but the "
+                f"checkpoint was taken after {rows}; open the file with mode='a' to resume, or "
+                "check that it is the file the checkpointed run wrote."
+            )
+
+    @staticmethod
+    def _resume_point(state: Any):
+        rows = state.get("rows") if isinstance(state, Mapping) else None
+        source = state.get("path") if isinstance(state, Mapping) else None
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise DataError(
+                f"HDF5Writer.load_state_dict() got {state!r}; expected a dict like "
+                "{'rows': 128, 'path': '/runs/a/predictions.h5'} from HDF5Writer.state_dict()."
+            )
+        return rows, source if isinstance(source, str) else None
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a checkpoint: the file then holds exactly its rows, each once.
 
@@ -269,14 +302,7 @@ class HDF5Writer:
                 rows than the checkpoint counted (it was truncated: open it with
                 ``mode="a"`` to resume).
         """
-        rows, source = state.get("rows") if isinstance(state, Mapping) else None, None
-        if isinstance(state, Mapping) and isinstance(state.get("path"), str):
-            source = state["path"]
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
-            raise DataError(
-                f"HDF5Writer.load_state_dict() got {state!r}; expected a dict like "
-                "{'rows': 128, 'path': '/runs/a/predictions.h5'} from HDF5Writer.state_dict()."
-            )
+        rows, source = self._resume_point(state)
         self._raise_failure()
         with self._lock:
             if self._file is None:

@@ -15,7 +15,14 @@ import weakref
 from typing import Any, Iterator, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset, default_collate
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    TensorDataset,
+    default_collate,
+)
 
 from .._session import current_params
 from ..devices import DeviceLike, map_tensors, resolve_device
@@ -243,16 +250,17 @@ class SmartDataLoader(DataLoader):
             "batch_size": self.batch_size,
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from ``state``: the next iteration resumes after the delivered batches.
-
-        An iteration in progress is ended first. If the world size or batch size differs
-        from the saved one, the position is rescaled to the same number of samples and a
-        warning is logged: the continuation is then approximate.
+    def check_state_dict(self, state: dict) -> None:
+        """Raise if ``state`` cannot be loaded, changing nothing (``Context`` asks first).
 
         Raises:
             StateDictError: ``state`` lacks a key or holds a wrong type.
         """
+        if not isinstance(state, dict):
+            raise StateDictError(
+                f"SmartDataLoader.load_state_dict got a {type(state).__name__}; pass a dict "
+                "made by SmartDataLoader.state_dict()."
+            )
         problems = []
         for key in _STATE_KEYS:
             if key not in state:
@@ -266,6 +274,18 @@ class SmartDataLoader(DataLoader):
                 f"SmartDataLoader.load_state_dict got a state with {'; '.join(problems)}; "
                 "pass a dict made by SmartDataLoader.state_dict()."
             )
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``: the next iteration resumes after the delivered batches.
+
+        An iteration in progress is ended first. If the world size or batch size differs
+        from the saved one, the position is rescaled to the same number of samples and a
+        warning is logged: the continuation is then approximate.
+
+        Raises:
+            StateDictError: ``state`` lacks a key or holds a wrong type.
+        """
+        self.check_state_dict(state)
         self._end_active_iteration()
         self._epoch = state["epoch"]
         self._position = state["position"]
@@ -332,8 +352,18 @@ class SmartDataLoader(DataLoader):
             return self._cached_batches()
         if _fast_gather_applies(self):
             pin = self._delivers_to_cuda()
-            return _prefetch.gather_rows(self.dataset.tensors, iter(self._index_sampler), pin)
+            return _prefetch.gather_rows(self.dataset.tensors, self._index_batches(), pin)
         return super().__iter__()
+
+    def _index_batches(self) -> Iterator[Any]:
+        """The epoch's batches of indices from the skip on: slices of one tensor when the
+        order is ours, since building a Python list per batch costs more than the gather."""
+        batches = self.batch_sampler
+        if not (type(batches) is BatchSampler and batches.sampler is self._own_sampler):
+            return iter(self._index_sampler)
+        shard, size = self._own_sampler.shard(), batches.batch_size
+        end = len(shard) - len(shard) % size if batches.drop_last else len(shard)
+        return iter(shard[self._skip * size:end].split(size))
 
     def _delivers_to_cuda(self) -> bool:
         return self.move_output and self._device is not None and self._device.type == "cuda"

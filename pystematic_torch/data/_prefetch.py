@@ -28,6 +28,11 @@ def gather_rows(
     allocator, which keeps a block until the copies reading it have finished), ready for an
     asynchronous copy to the GPU.
     """
+    if not pin and all(tensor.device.type == "cpu" for tensor in tensors):
+        for indices in batches:
+            index = indices if type(indices) is torch.Tensor else torch.as_tensor(indices)
+            yield [tensor.index_select(0, index) for tensor in tensors]
+        return
     for indices in batches:
         index = torch.as_tensor(indices, dtype=torch.long)
         batch = []

@@ -65,12 +65,27 @@ class ShardedSampler(Sampler[int]):
 
     def order(self) -> List[int]:
         """The whole epoch's permutation, before sharding."""
+        return self._order().tolist()
+
+    def _order(self) -> torch.Tensor:
         size = len(self.dataset)
         if not self.shuffle:
-            return list(range(size))
+            return torch.arange(size)
         generator = torch.Generator()
         generator.manual_seed(mix_seed(self.seed, self.epoch))
-        return torch.randperm(size, generator=generator).tolist()
+        return torch.randperm(size, generator=generator)
+
+    def shard(self) -> torch.Tensor:
+        """This rank's indices for the epoch, in order, as one int64 tensor."""
+        order = self._order()
+        rank, world, total = self._layout(len(order))
+        if world == 1:
+            return order
+        if total > len(order) and len(order):
+            padding = total - len(order)
+            repeats = math.ceil(padding / len(order))
+            order = torch.cat([order, order.repeat(repeats)[:padding]])
+        return order[rank:total:world]
 
     def _layout(self, size: int):
         rank, world = get_rank(), get_num_processes()
@@ -81,15 +96,7 @@ class ShardedSampler(Sampler[int]):
         return rank, world, math.ceil(size / world) * world
 
     def __iter__(self) -> Iterator[int]:
-        order = self.order()
-        rank, world, total = self._layout(len(order))
-        if world == 1:
-            return iter(order)
-        if total > len(order) and order:
-            padding = total - len(order)
-            repeats = math.ceil(padding / len(order))
-            order = order + (order * repeats)[:padding]
-        return iter(order[rank:total:world])
+        return iter(self.shard().tolist())
 
     def __len__(self) -> int:
         size = len(self.dataset)

@@ -390,6 +390,18 @@ class Recorder:
             self._raise_failures()
         return _resume.capture(self._count, recorded, self.output_dir)
 
+    #: Loading trims the files to the checkpoint, which no roll-back can undo: a Context
+    #: loads a recorder after every other item, once nothing else can fail.
+    irreversible_load = True
+
+    def check_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Raise if ``state`` cannot be loaded, changing nothing (``Context`` asks first).
+
+        Raises:
+            StateDictError: ``state`` is not a state from :meth:`state_dict`.
+        """
+        _resume.resume_point(state)
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue counting from a checkpoint's count, with the history it recorded.
 

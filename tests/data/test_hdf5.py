@@ -293,3 +293,22 @@ def test_a_resumed_writer_holds_the_checkpoints_rows_once_in_its_own_or_a_new_fi
     with pytest.raises(DataError, match="expected a dict like"):
         truncated.load_state_dict({"rows": -1})
     truncated.close()
+
+
+def test_a_context_checks_a_writers_state_first_and_loads_it_after_every_other_item(tmp_path):
+    import pystematic_torch as pt
+
+    ctx = pt.Context()
+    ctx.rows = HDF5Writer(tmp_path / "rows.h5")
+    ctx.rows.append(x=[1.0, 2.0])
+    ctx.model = torch.nn.Linear(2, 1)
+    state = ctx.state_dict()
+    state["rows"]["rows"] = 5  # more rows than the file holds: refused before any change
+    weight = ctx.model.weight.detach().clone()
+    state["model"]["weight"] = torch.zeros(1, 2)
+    with pytest.raises(pt.StateDictError, match="rows: .*holds 2 rows, but the checkpoint"):
+        ctx.load_state_dict(state)
+    assert torch.equal(ctx.model.weight, weight) and ctx.rows.rows == 2
+    state["rows"]["rows"] = 1
+    ctx.load_state_dict(state)
+    assert ctx.rows.rows == 1 and torch.equal(ctx.model.weight, torch.zeros(1, 2))

@@ -11,7 +11,7 @@ from tests.support.jobs import Job, job_args
 
 JOB = pathlib.Path(__file__).parent / "jobs" / "record.py"
 COMMAND = ("--checkpoint", "latest", "--steps", "30", "--checkpoint-every", "5",
-           "--backlog", "5")  # fmt: skip
+           "--backlog", "5", "--pause-at", "12")  # fmt: skip
 
 
 def csv_rows(directory):
@@ -36,7 +36,7 @@ def test_the_same_command_starts_then_continues_the_run_in_its_own_directory(tmp
     args = job_args(*extra, *COMMAND, script=JOB, output=tmp_path)
 
     first = Job(args, tmp_path)
-    first.wait_for(r"STEP rank=0 step=12")
+    first.wait_for(r"STEP rank=0 step=12")  # rank 0 waits there for the signal
     first.process.send_signal(signal.SIGTERM)  # the scheduler preempts the job ...
     code, _ = first.finish()
     assert code == 143, first.output

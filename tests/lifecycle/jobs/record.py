@@ -5,11 +5,14 @@ filler scalars, so the recorder's queue holds a backlog when the run ends, and a
 row to a per-rank HDF5Writer. After a step's values are handed over it prints
 ``STEP rank=R step=S``; the tests compare what is on disk afterwards with those lines.
 
---event raise: rank --fail-rank raises at step --at. --event teardown: a recorder backend
+--pause-at S: rank 0 waits after step S until a stop signal has arrived (so a test can
+signal it there, whatever the machine's speed). --event raise: rank --fail-rank raises at
+step --at. --event teardown: a recorder backend
 fails when it is closed. --checkpoint-every N saves the Context every N steps and prints
 ``SAVED step=S``.
 """
 import os
+import time
 
 import pystematic
 import torch
@@ -25,12 +28,21 @@ class BrokenDisk(pt.RecorderBackend):
         raise OSError(28, "No space left on device")
 
 
+def wait_for_a_stop_signal(seconds=60):
+    from pystematic_torch.distributed import _preemption
+
+    deadline = time.monotonic() + seconds
+    while not _preemption.requested_here() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @pystematic.parameter(name="event", type=str, default="none")
 @pystematic.parameter(name="fail_rank", type=int, default=0)
 @pystematic.parameter(name="at", type=int, default=5)
 @pystematic.parameter(name="steps", type=int, default=10**6)
 @pystematic.parameter(name="backlog", type=int, default=200)
 @pystematic.parameter(name="checkpoint_every", type=int, default=0)
+@pystematic.parameter(name="pause_at", type=int, default=-1)
 @pystematic.experiment
 def record_job(params):
     torch.manual_seed(0)
@@ -62,6 +74,8 @@ def record_job(params):
             ctx.recorder.step()
             rows.append(step=[step], rank=[rank])
             print(f"STEP rank={rank} step={step}", flush=True)
+            if step == params["pause_at"] and rank == 0:
+                wait_for_a_stop_signal()
             ctx.step += 1
             every = params["checkpoint_every"]
             if every and ctx.step % every == 0:

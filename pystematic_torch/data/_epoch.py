@@ -11,7 +11,7 @@ from typing import Any
 from torch.utils.data import IterableDataset
 
 from .. import _session
-from ..devices import move_to_device
+from ..devices import iter_tensors, move_to_device
 from ..distributed._preemption import Preempted, stop_check_for
 from . import _prefetch
 
@@ -47,7 +47,8 @@ class EpochIterator:
             self._feeder = _prefetch.cuda_feeder(host, device)
             self._next = self._feeder.__next__
         else:
-            self._next = lambda: move_to_device(device, next(host))
+            self._host, self._device = host, device
+            self._next = self._first_batch
         self._bar = loader._make_bar(start)
         self._unshown = 0
         self._stop_check = stop_check_for(loader, _registered_on_a_context)
@@ -80,6 +81,17 @@ class EpochIterator:
                 self._bar.update(self._unshown)
                 self._unshown = 0
         return batch
+
+    def _first_batch(self) -> Any:
+        # Walking every batch to move its tensors costs more than a small model's step; when
+        # the first batch is already where it should be, the rest are delivered as they come.
+        batch = next(self._host)
+        host, device = self._host, self._device
+        if all(tensor.device == device for tensor in iter_tensors(batch)):
+            self._next = host.__next__
+            return batch
+        self._next = lambda: move_to_device(device, next(host))
+        return move_to_device(device, batch)
 
     def _exhausted(self) -> bool:
         # At the end of an epoch the loop is let finish it (the code after the loop runs),

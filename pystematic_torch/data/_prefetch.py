@@ -30,7 +30,9 @@ def gather_rows(
     """
     if not pin and all(tensor.device.type == "cpu" for tensor in tensors):
         for indices in batches:
-            index = indices if type(indices) is torch.Tensor else torch.as_tensor(indices)
+            index = indices
+            if type(index) is not torch.Tensor:
+                index = torch.as_tensor(indices, dtype=torch.long)
             yield [tensor.index_select(0, index) for tensor in tensors]
         return
     for indices in batches:

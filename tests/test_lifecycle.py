@@ -96,3 +96,48 @@ def test_failing_callbacks_are_all_reported_after_every_callback_ran():
         _session.end(_session.FAILURE)
     assert ran == ["last", "healthy", "first"]  # newest first, and none skipped
     assert "first: No space left" in str(failure.value) and "last: No space" in str(failure.value)
+
+
+def test_a_ctrl_c_swallowed_by_a_weakref_callback_still_ends_the_loop(tmp_path):
+    from pystematic_torch.distributed import _preemption
+
+    delivered = []
+
+    def body(params):
+        ctx = pt.Context()
+        ctx.loader = pt.SmartDataLoader(list(range(10)), batch_size=1, loading_bar=False)
+        for batch in ctx.loader:
+            delivered.append(int(batch))
+            if len(delivered) == 2:
+                # What SIGINT's handler leaves behind when the KeyboardInterrupt it raised
+                # went off inside a __del__ or a weakref callback, where Python ignores it.
+                _preemption._interrupted.set()
+
+    with pytest.raises(KeyboardInterrupt):
+        make_experiment(body).run({"cuda": False, "output_dir": str(tmp_path)})
+    assert delivered == [0, 1]
+    assert _session.outcome() == _session.INTERRUPTED
+    assert not _preemption.interrupted()  # a later loop outside the run is not affected
+
+
+def test_the_first_ctrl_c_stops_a_loader_loop_after_its_batch_the_second_at_once(tmp_path):
+    from pystematic_torch.distributed import _preemption
+
+    delivered, raised_at_once = [], []
+
+    def body(params):
+        ctx = pt.Context()
+        ctx.loader = pt.SmartDataLoader(list(range(10)), batch_size=1, loading_bar=False)
+        handler = signal.getsignal(signal.SIGINT)
+        for batch in ctx.loader:
+            delivered.append(int(batch))
+            if len(delivered) == 2:
+                handler(signal.SIGINT, None)  # the first Ctrl-C: noted, nothing raised here
+                try:
+                    handler(signal.SIGINT, None)  # the second: raised at once
+                except KeyboardInterrupt:
+                    raised_at_once.append(True)
+
+    with pytest.raises(KeyboardInterrupt):
+        make_experiment(body).run({"cuda": False, "output_dir": str(tmp_path)})
+    assert delivered == [0, 1] and raised_at_once == [True]

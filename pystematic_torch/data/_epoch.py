@@ -12,7 +12,7 @@ from torch.utils.data import IterableDataset
 
 from .. import _session
 from ..devices import iter_tensors, move_to_device
-from ..distributed._preemption import Preempted, stop_check_for
+from ..distributed._preemption import Preempted, _interrupted, stop_check_for, watch_batches
 from . import _prefetch
 
 logger = logging.getLogger("pystematic.torch.data")
@@ -52,6 +52,8 @@ class EpochIterator:
         self._bar = loader._make_bar(start)
         self._unshown = 0
         self._stop_check = stop_check_for(loader, _registered_on_a_context)
+        if self._stop_check is not None:
+            watch_batches(self)
         # The loader's attributes, written directly: DataLoader.__setattr__ guards a few
         # attributes at a cost paid on every batch otherwise.
         self._place = vars(loader)
@@ -69,6 +71,9 @@ class EpochIterator:
         if self._stop_check is not None and self._stop_check() and not self._exhausted():
             self.close()
             raise Preempted(self._loader)
+        if _interrupted.is_set():
+            self.close()
+            raise KeyboardInterrupt
         try:
             batch = self._next()
         except StopIteration:
@@ -81,6 +86,10 @@ class EpochIterator:
                 self._bar.update(self._unshown)
                 self._unshown = 0
         return batch
+
+    def stops_at_next_batch(self) -> bool:
+        """Whether this pass is still delivering, and stops when told (Ctrl-C, preemption)."""
+        return not self._done and self._stop_check is not None
 
     def _first_batch(self) -> Any:
         # Walking every batch to move its tensors costs more than a small model's step; when

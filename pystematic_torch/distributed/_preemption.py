@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from typing import Callable, Dict, Optional
 
 import torch
@@ -34,8 +35,10 @@ _AGREE_EVERY_SECONDS = 0.5
 _MAX_AGREE_INTERVAL = 10_000
 
 _requested = threading.Event()
+_interrupted = threading.Event()
 _signal_number: Optional[int] = None
 _previous_handlers: Dict[int, object] = {}
+_watching: "weakref.WeakSet" = weakref.WeakSet()
 
 
 class Preempted(SystemExit):
@@ -88,18 +91,27 @@ def install() -> None:
     """Catch the stop signals for the experiment about to run (main thread only)."""
     global _signal_number
     _requested.clear()
+    _interrupted.clear()
     _signal_number = None
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in STOP_SIGNALS:
         _previous_handlers[signum] = signal.signal(signum, _on_stop_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        _previous_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _on_interrupt)
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C (SIGINT) arrived during this experiment."""
+    return _interrupted.is_set()
 
 
 def uninstall() -> None:
+    _interrupted.clear()
     if threading.current_thread() is not threading.main_thread():
         return
     for signum, previous in list(_previous_handlers.items()):
-        if signal.getsignal(signum) is _on_stop_signal:
+        if signal.getsignal(signum) in (_on_stop_signal, _on_interrupt):
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         del _previous_handlers[signum]
 
@@ -120,6 +132,25 @@ def _on_stop_signal(signum, frame) -> None:
         "on a Context (or where the loop calls stop_requested()) and saves its state. Send "
         "it again to stop at once.", signal.Signals(signum).name,
     )  # fmt: skip
+
+
+def watch_batches(iteration) -> None:
+    """Note that ``iteration`` stops at its next batch once Ctrl-C was pressed."""
+    _watching.add(iteration)
+
+
+def _on_interrupt(signum, frame) -> None:
+    # Raised at an arbitrary point, a KeyboardInterrupt can land in a __del__ or a weakref
+    # callback, where Python ignores it and the loop trains on. While a loader can stop the
+    # loop at its next batch, the first Ctrl-C leaves the raising to it; a second one, or one
+    # with no such loader, raises at once as Python's own handler does.
+    first = not _interrupted.is_set()
+    _interrupted.set()
+    if first and any(iteration.stops_at_next_batch() for iteration in list(_watching)):
+        logger.warning("Interrupted (Ctrl-C): stopping after the current batch. Press Ctrl-C "
+                       "again to stop at once.")  # fmt: skip
+        return
+    raise KeyboardInterrupt
 
 
 class StopCheck:

@@ -27,6 +27,13 @@ def cluster(tmp_path_factory):
     started.stop()
 
 
+def batch_script(tmp_path, command):
+    """An sbatch script asking for two tasks, its output in ``slurm-<job id>.out``."""
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH -n 2\n#SBATCH -o {tmp_path}/slurm-%j.out\n{command}\n")
+    return script
+
+
 def the_run_directory(output: pathlib.Path, experiment: str) -> pathlib.Path:
     runs = list((output / experiment).iterdir())
     assert len(runs) == 1, runs  # one run, one directory, whichever process started it
@@ -58,13 +65,8 @@ def test_srun_starts_a_world_of_two_that_writes_one_run_directory(cluster, tmp_p
 
 @pytest.mark.timeout(300)
 def test_an_sbatch_script_running_the_built_in_launcher_starts_its_own_ranks(cluster, tmp_path):
-    script = tmp_path / "job.sh"
-    script.write_text(
-        "#!/bin/bash\n#SBATCH -n 2\n"
-        f"#SBATCH -o {tmp_path}/slurm-%j.out\n"
-        f"{sys.executable} {JOB} --output-dir {tmp_path} --no-cuda --distributed "
-        "--nproc_per_node 2\n"
-    )
+    script = batch_script(tmp_path, f"{sys.executable} {JOB} --output-dir {tmp_path} "
+                                    "--no-cuda --distributed --nproc_per_node 2")
     result = cluster.run(["sbatch", "--wait", str(script)], cwd=tmp_path)
     (log,) = tmp_path.glob("slurm-*.out")
     output = log.read_text()
@@ -77,13 +79,9 @@ def test_an_sbatch_script_running_the_built_in_launcher_starts_its_own_ranks(clu
 
 @pytest.mark.timeout(300)
 def test_scancel_with_sigterm_saves_the_preemption_checkpoint(cluster, tmp_path):
-    script = tmp_path / "job.sh"
-    script.write_text(
-        "#!/bin/bash\n#SBATCH -n 2\n"
-        f"#SBATCH -o {tmp_path}/slurm-%j.out\n"
-        f"srun {sys.executable} -u {EXAMPLES / 'ddp.py'} --output-dir {tmp_path} --no-cuda "
-        "--distributed --epochs 1000 --step-delay 0.02\n"
-    )
+    script = batch_script(tmp_path, f"srun {sys.executable} -u {EXAMPLES / 'ddp.py'} "
+                                    f"--output-dir {tmp_path} --no-cuda --distributed "
+                                    "--epochs 1000 --step-delay 0.02")
     submitted = cluster.run(["sbatch", "--parsable", str(script)], cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]

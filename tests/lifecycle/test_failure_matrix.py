@@ -84,18 +84,25 @@ def end_of(job, processes):
     return code
 
 
-@pytest.mark.timeout(240)
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path, ranks):
+def signalled_at_step_5(tmp_path, ranks, signum):
+    """Start a run, signal its main process once rank 0 reached step 5, wait for its end;
+    check that it ended in time, with no process left and no traceback."""
     job = start(tmp_path, ranks=ranks)
     job.wait_for(r"STEP rank=0 step=5")
     processes = family(job)
     sent = time.monotonic()
-    job.process.send_signal(signal.SIGTERM)
+    job.process.send_signal(signum)
     code = end_of(job, processes)
-    assert code == 143, job.output
     assert time.monotonic() - sent < SECONDS_TO_EXIT
     assert "Traceback" not in job.output
+    return job, code
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path, ranks):
+    job, code = signalled_at_step_5(tmp_path, ranks, signal.SIGTERM)
+    assert code == 143, job.output
     assert "Preempted by SIGTERM" in job.output
     directory = run_dir(tmp_path)
     assert_recorded(directory, printed_steps(job, 0), ranks, job)
@@ -111,15 +118,8 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path, ranks):
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_sigint_flushes_everything_and_exits_130(tmp_path, ranks):
-    job = start(tmp_path, ranks=ranks)
-    job.wait_for(r"STEP rank=0 step=5")
-    processes = family(job)
-    sent = time.monotonic()
-    job.process.send_signal(signal.SIGINT)
-    code = end_of(job, processes)
+    job, code = signalled_at_step_5(tmp_path, ranks, signal.SIGINT)
     assert code == 130, job.output
-    assert time.monotonic() - sent < SECONDS_TO_EXIT
-    assert "Traceback" not in job.output
     assert_recorded(run_dir(tmp_path), printed_steps(job, 0), ranks, job)
 
 

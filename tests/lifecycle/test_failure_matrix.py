@@ -201,3 +201,18 @@ def test_a_second_sigterm_ends_the_process_at_once(tmp_path):
     code = end_of(job, processes)
     assert code == -signal.SIGTERM, job.output
     assert time.monotonic() - sent < 10
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_right_after_a_checkpoint_loses_nothing_recorded_before_it(tmp_path):
+    job = start(tmp_path, "--checkpoint-every", "5")
+    job.wait_for(r"SAVED step=9")
+    processes = family(job)
+    job.process.send_signal(signal.SIGKILL)
+    assert end_of(job, processes) == -signal.SIGKILL
+    directory = run_dir(tmp_path)
+    saved = list(range(10))  # everything recorded before the second checkpoint returned
+    for reader in (csv_steps, tensorboard_steps, hdf5_steps):
+        assert set(saved) <= set(reader(directory)), reader.__name__  # and the files open
+    assert set(saved) <= set(writer_rows(directory, 0, 1))
+    assert torch.load(directory / "checkpoint-10.pt", weights_only=True)["step"] == 10

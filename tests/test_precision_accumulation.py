@@ -10,7 +10,14 @@ import pystematic_torch as pt
 from pystematic_torch.context import Context
 from tests.support.ranks import run_on_ranks
 from tests.support.training import (
-    batches, chunks, max_difference, merged, mse, regressor, same_parameters, twins,
+    batches,
+    chunks,
+    max_difference,
+    merged,
+    mse,
+    regressor,
+    same_parameters,
+    twins,
 )  # fmt: skip
 
 TOLERANCE = 1e-6

@@ -15,7 +15,13 @@ import pystematic_torch as pt
 from pystematic_torch._context import precision
 from pystematic_torch.context import Context
 from tests.support.training import (
-    batches, chunks, max_difference, mse, regressor, same_parameters, twins,
+    batches,
+    chunks,
+    max_difference,
+    mse,
+    regressor,
+    same_parameters,
+    twins,
 )  # fmt: skip
 
 SCALER = precision.SCALER_ENTRY

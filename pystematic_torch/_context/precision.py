@@ -19,8 +19,8 @@ from typing import Any, Callable, ContextManager, Dict, Iterable, Mapping, Optio
 import torch
 
 from .. import _session
-from ..errors import PrecisionError
 from .._precision_names import parse_precision
+from ..errors import PrecisionError
 
 logger = logging.getLogger("pystematic.torch")
 
@@ -146,7 +146,7 @@ class ScalerState:
         self._start: Dict[str, Any] = dict(_initial_state())
         self._scaler: Optional[torch.amp.GradScaler] = None
         self._device_type: Optional[str] = None
-        self._stepped: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+        self._stepped: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
 
     def scaler(self, device: torch.device) -> torch.amp.GradScaler:
         """The GradScaler for ``device``, made from the current state on first use."""

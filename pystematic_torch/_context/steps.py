@@ -35,10 +35,10 @@ class Steps:
         self._every = 1
         # Per optimizer: its step_optimizer calls since it last stepped, and the number of
         # ctx.backward() calls seen at its previous step_optimizer call.
-        self._calls: "weakref.WeakKeyDictionary[torch.optim.Optimizer, int]" = (
+        self._calls: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = (
             weakref.WeakKeyDictionary()
         )
-        self._backwards_at: "weakref.WeakKeyDictionary[torch.optim.Optimizer, int]" = (
+        self._backwards_at: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = (
             weakref.WeakKeyDictionary()
         )
         self._backwards = 0

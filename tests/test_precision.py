@@ -14,7 +14,9 @@ def train_ours(ctx, model, optimizer, data, **clip):
     for batch in data:
         with ctx.autocast():
             loss = mse(model, batch)
+        value = loss.item()
         ctx.backward(loss)
+        assert loss.item() == value  # the loss to record is left as it is
         assert ctx.step_optimizer(optimizer, **clip) is True
 
 
@@ -75,6 +77,7 @@ def test_training_equals_the_hand_written_loop_bit_for_bit(name, dtype):
     train_by_hand(theirs, plain_optimizer, data, dtype=dtype)
     assert same_parameters(ours, theirs)
     assert all(param.grad is None for param in ours.parameters())  # zeroed after the step
+    assert all(state["exp_avg"].dtype == torch.float32 for state in ctx.optimizer.state.values())
     untrained = regressor()
     assert not same_parameters(ours, untrained)
 

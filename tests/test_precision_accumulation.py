@@ -157,3 +157,24 @@ def test_two_ranks_accumulate_to_the_global_batch_and_all_reduce_once_per_cycle(
         assert result["difference"] < TOLERANCE and result["moved"] > 1e-3
     first, second = (result["weights"] for result in results)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_a_checkpoint_in_the_middle_of_a_cycle_resumes_with_a_new_cycle():
+    model = regressor()
+    ctx = Context().accumulate(4)
+    ctx.model = model
+    ctx.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert accumulate(ctx, model, ctx.optimizer, batches(2, 8, seed=5)) == [False, False]
+    state = ctx.state_dict()
+    assert all(param.grad is not None for param in model.parameters())
+    assert set(state) == {"model", "optimizer"}  # the gathered gradients are not in it
+
+    resumed = Context().accumulate(4)
+    resumed.model, reference = twins(seed=8)
+    resumed.optimizer = torch.optim.SGD(resumed.model.parameters(), lr=0.1)
+    resumed.load_state_dict(state)
+    reference.load_state_dict(state["model"])
+    micro = batches(4, 8, seed=6)
+    assert accumulate(resumed, resumed.model, resumed.optimizer, micro) == [False] * 3 + [True]
+    large_batch_steps(reference, torch.optim.SGD(reference.parameters(), lr=0.1), [merged(micro)])
+    assert max_difference(resumed.model, reference) < TOLERANCE

@@ -1,15 +1,15 @@
 """The 16-mixed loss scale: its logic against torch's own GradScaler loops, and its state.
 
 The logic is the same on every device, so most tests run it on the CPU: a fixture lets a
-16-mixed Context work there, with torch's CPU GradScaler and float32 models (a real CPU run
-is refused, see test_precision.py). tests/test_precision_cuda.py runs it in float16 on a GPU.
+16-mixed Context work there, with torch's CPU float16 autocast and CPU GradScaler (a real
+run refuses 16-mixed on the CPU, see test_precision.py). tests/test_precision_cuda.py runs
+it on a GPU.
 """
 import io
 import logging
 
 import pytest
 import torch
-from torch import nn
 
 import pystematic_torch as pt
 from pystematic_torch._context import precision
@@ -17,8 +17,10 @@ from pystematic_torch.context import Context
 from tests.support.training import (
     batches,
     chunks,
+    grad_scaler_steps,
     max_difference,
     mse,
+    our_steps,
     regressor,
     same_parameters,
     twins,
@@ -49,35 +51,20 @@ def scale_of(ctx):
     return ctx.state_dict()[SCALER]["scale"]
 
 
-def our_steps(ctx, data, overflow_at=(), **clip):
-    stepped = []
-    for index, batch in enumerate(data):
-        loss = mse(ctx.model, batch)
-        ctx.backward(loss * INF if index in overflow_at else loss)
-        stepped.append(ctx.step_optimizer(ctx.optimizer, **clip))
-    return stepped
-
-
 def test_scaling_clipping_and_skipping_equal_torchs_grad_scaler_loop(scaling_on_cpu):
     ours, theirs = twins()
     ctx = scaled_context(ours)
-    data = batches(6, 16, scale=20.0)
+    data = batches(6, 16)
     stepped = our_steps(ctx, data, overflow_at={2}, clip_grad_norm=1.0)
 
     optimizer = torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=0.9)
-    scaler = torch.amp.GradScaler("cpu")
-    for index, batch in enumerate(data):
-        optimizer.zero_grad()
-        loss = mse(theirs, batch)
-        scaler.scale(loss * INF if index == 2 else loss).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-
-    assert stepped == [True, True, False, True, True, True]
+    scaler, theirs_stepped = grad_scaler_steps(
+        theirs, optimizer, data, "cpu", overflow_at={2}, clip_norm=1.0
+    )
+    # 2**16 overflows float16 at first, as it often does: torch's loop skips that step too.
+    assert stepped == theirs_stepped == [True, False, False, True, True, True]
     assert same_parameters(ours, theirs)
-    assert scale_of(ctx) == scaler.get_scale() == 2.0**15  # halved once, by the overflow
+    assert scale_of(ctx) == scaler.get_scale() == 2.0**14
     assert all(torch.isfinite(param).all() for param in ours.parameters())
 
 
@@ -145,14 +132,18 @@ def through_disk(state):
 
 
 def test_a_resumed_run_continues_with_the_same_scale_bit_for_bit(scaling_on_cpu):
-    data = batches(8, 16, scale=5.0)
+    data = batches(8, 16)
     ctx = scaled_context(regressor())
     # The overflow right before the checkpoint owes a scale update that no backward has
-    # applied yet: the saved state must include it.
-    our_steps(ctx, data[:4], overflow_at={1, 3})
+    # applied yet: the saved state must include it, as torch's loop has it.
+    assert our_steps(ctx, data[:4], overflow_at={3})[3] is False
     saved = through_disk(ctx.state_dict())
-    assert saved[SCALER] == {"scale": 2.0**14, "growth_factor": 2.0, "backoff_factor": 0.5,
-                             "growth_interval": 2000, "_growth_tracker": 0}  # fmt: skip
+    plain = regressor()
+    scaler, _ = grad_scaler_steps(
+        plain, torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9), data[:4], "cpu",
+        overflow_at={3},
+    )  # fmt: skip
+    assert saved[SCALER] == scaler.state_dict() and saved[SCALER]["scale"] < 2.0**16
     our_steps(ctx, data[4:])
 
     resumed = scaled_context(regressor(seed=7))
@@ -160,7 +151,7 @@ def test_a_resumed_run_continues_with_the_same_scale_bit_for_bit(scaling_on_cpu)
     our_steps(resumed, data[4:])
     assert same_parameters(resumed.model, ctx.model)
     assert resumed.state_dict()[SCALER] == ctx.state_dict()[SCALER]
-    assert ctx.state_dict()[SCALER]["_growth_tracker"] == 4
+    assert ctx.state_dict()[SCALER]["_growth_tracker"] >= 4
 
 
 def test_the_state_round_trips_before_any_device_is_known():

@@ -63,3 +63,38 @@ def max_difference(first: nn.Module, second: nn.Module) -> float:
 
 def same_parameters(first: nn.Module, second: nn.Module) -> bool:
     return all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+
+
+def our_steps(ctx, data: List[Batch], overflow_at=(), **clip) -> List[bool]:
+    """Train ``ctx.model`` with the Context's helpers; the losses at ``overflow_at`` are inf."""
+    stepped = []
+    for index, batch in enumerate(data):
+        with ctx.autocast():
+            loss = mse(ctx.model, batch)
+        ctx.backward(loss * float("inf") if index in overflow_at else loss)
+        stepped.append(ctx.step_optimizer(ctx.optimizer, **clip))
+    return stepped
+
+
+def grad_scaler_steps(model, optimizer, data, device_type, overflow_at=(), clip_norm=None):
+    """torch's own float16 loop with a GradScaler, as its AMP recipe writes it.
+
+    Returns:
+        The scaler, and for each batch whether the optimizer stepped.
+    """
+    scaler, ran, stepped = torch.amp.GradScaler(device_type), [], []
+    handle = optimizer.register_step_post_hook(lambda *args: ran.append(True))
+    for index, batch in enumerate(data):
+        optimizer.zero_grad()
+        with torch.autocast(device_type, dtype=torch.float16):
+            loss = mse(model, batch)
+        scaler.scale(loss * float("inf") if index in overflow_at else loss).backward()
+        if clip_norm is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        ran.clear()
+        scaler.step(optimizer)
+        stepped.append(bool(ran))
+        scaler.update()
+    handle.remove()
+    return scaler, stepped

@@ -122,7 +122,7 @@ class Steps:
         needs_ours = self.scaler is not None or self._every > 1
         seen = self._backwards_at.get(optimizer, 0)
         self._backwards_at[optimizer] = self._backwards
-        if not needs_ours or self._backwards > seen or not _parameters_with_grads(optimizer):
+        if not needs_ours or self._backwards > seen or not _has_grads(optimizer):
             return
         why = (
             "scales the loss at '16-mixed'"
@@ -138,11 +138,14 @@ class Steps:
     def _step(
         self, optimizer: torch.optim.Optimizer, device: torch.device, clip: Optional[Clip]
     ) -> bool:
-        params = _parameters_with_grads(optimizer)
-        if not params:
+        if not _has_grads(optimizer):
             # Nothing to apply; GradScaler would even refuse to step such an optimizer.
             return False
-        clip_these = (lambda: clip(params)) if clip is not None else None
+
+        def clip_gradients() -> None:
+            clip(_parameters_with_grads(optimizer))
+
+        clip_these = clip_gradients if clip is not None else None
         if self.scaler is not None:
             return self.scaler.step(optimizer, device, clip_these)
         if clip_these is not None:
@@ -172,6 +175,12 @@ class Steps:
             for leaf in leaves(value):
                 if isinstance(leaf, DistributedDataParallel):
                     yield leaf
+
+
+def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
+    return any(
+        param.grad is not None for group in optimizer.param_groups for param in group["params"]
+    )
 
 
 def _parameters_with_grads(optimizer: torch.optim.Optimizer) -> List[torch.Tensor]:

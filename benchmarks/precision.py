@@ -13,13 +13,16 @@ clip_grad_norm=1.0)``. Each round times ``--steps`` steps of every variant, in a
 that rotates from round to round, after one warm-up round; figures are medians over the
 rounds, ratios medians of the per-round ratios. Printed: the step time of each variant,
 ours over hand-written at each precision (the helpers' overhead), and mixed over 32 (what
-the precision buys on this device).
+the precision buys on this device). The same for a tiny block, whose step is mostly
+Python, and then the helpers' own time per call, measured over the same torch calls made
+by hand (minimum of repeated runs, which other load on the machine blurs least).
 """
 import argparse
 import platform
 import statistics
 import sys
 import time
+import timeit
 from typing import Callable, Dict, List
 
 import torch
@@ -146,6 +149,72 @@ def measure(args, shape, device: torch.device, precisions: List[str]) -> None:
                   f"{ratio(f'{name} {precision}', f'{name} 32'):6.3f}x")
 
 
+class NullOptimizer(torch.optim.Optimizer):
+    """Steps and zeroes nothing, so a call costs only the code around it."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    def step(self, closure=None):
+        return None
+
+    def zero_grad(self, set_to_none: bool = True):
+        return None
+
+
+def helper_overhead(precision: str, calls: int = 2000, repeat: int = 9) -> Dict[str, float]:
+    """Microseconds per call that each helper adds to what it calls in torch.
+
+    Each pair runs the same torch work by hand and through the helper, ``calls`` times,
+    ``repeat`` times; the minimum per pair is the least disturbed by other load.
+    """
+    weight = torch.zeros(4, requires_grad=True)
+    weight.grad = torch.zeros(4)
+    optimizer = NullOptimizer([weight])
+    ctx = Context(precision=precision)
+    dtype = DTYPES.get(precision)
+
+    def by_hand_autocast():
+        if dtype is None:
+            return
+        with torch.autocast("cpu", dtype=dtype):
+            pass
+
+    def ours_autocast():
+        with ctx.autocast():
+            pass
+
+    def by_hand_backward():
+        (weight * 2.0).sum().backward()
+
+    def ours_backward():
+        ctx.backward((weight * 2.0).sum())
+
+    def by_hand_step():
+        nn.utils.clip_grad_norm_([weight], 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def ours_step():
+        ctx.step_optimizer(optimizer, clip_grad_norm=1.0)
+
+    def per_call(function) -> float:
+        return min(timeit.repeat(function, number=calls, repeat=repeat)) / calls * 1e6
+
+    pairs = {"autocast()": (by_hand_autocast, ours_autocast),
+             "backward()": (by_hand_backward, ours_backward),
+             "step_optimizer(clip_grad_norm=1.0)": (by_hand_step, ours_step)}  # fmt: skip
+    return {name: per_call(ours) - per_call(hand) for name, (hand, ours) in pairs.items()}
+
+
+def print_overheads() -> None:
+    print("\nThe helpers' own time, over the same torch calls by hand (min of 9 x 2000 calls):")
+    for precision in ("32", "bf16-mixed"):
+        extras = helper_overhead(precision)
+        parts = ", ".join(f"{name} {extra:+.1f}" for name, extra in extras.items())
+        print(f"  {precision:10s} {parts}; a step {sum(extras.values()):+.1f} us")
+
+
 def cpu_name() -> str:
     """The CPU's model and whether it computes bfloat16 natively (AVX512-BF16 or AMX)."""
     try:
@@ -177,6 +246,7 @@ def main(argv=None) -> None:
     tiny = argparse.Namespace(batch=1, sequence=1, width=8, heads=1, steps=args.tiny_steps)
     measure(args, block, torch.device("cpu"), ["32", "bf16-mixed"])
     measure(args, tiny, torch.device("cpu"), ["32", "bf16-mixed"])
+    print_overheads()
     if not torch.cuda.is_available():
         print("\nGPU: skipped (CUDA is not available on this machine).")
         return

@@ -69,7 +69,7 @@ def test_defaults_help_and_parameters_file(script):
     ).stdout  # fmt: skip
     for flag in ("--checkpoint", "--cuda, --no-cuda", "--distributed", "--nproc-per-node",
                  "--nproc_per_node", "--nnodes", "--node-rank", "--node_rank", "--master-addr",
-                 "--master_addr", "--master-port", "--master_port"):  # fmt: skip
+                 "--master_addr", "--master-port", "--master_port", "--precision"):  # fmt: skip
         assert flag in help_text, flag
     assert "Number of processes to run on this" in help_text  # rich wraps the column
 

@@ -36,6 +36,7 @@ _EXPORTS: Dict[str, str] = {
     "Error": "errors",
     "ParameterError": "errors",
     "DeviceError": "errors",
+    "PrecisionError": "errors",
     "DistributedError": "errors",
     "LaunchError": "errors",
     "StateDictError": "errors",

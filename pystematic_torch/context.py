@@ -6,14 +6,16 @@ training, and saves or restores all of them at once.
 """
 import logging
 import os
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, ContextManager, Dict, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
 from . import _seeding, _session, _state
 from ._context import guards, loading
+from ._context import precision as _precision
 from ._context.moves import leaves, map_leaves, move, require_cuda
+from ._context.steps import Steps
 from .checkpoint import ContextState, load_checkpoint
 from .devices import DeviceLike, resolve_device
 from .distributed import get_rank, is_distributed
@@ -41,6 +43,15 @@ class Context:
     moved retroactively; register everything, then call :meth:`autotransform` (or
     :meth:`to`).
 
+    Args:
+        precision: What :meth:`autocast`, :meth:`backward` and :meth:`step_optimizer` train
+            in: ``"32"`` (or ``32``), ``"bf16-mixed"`` or ``"16-mixed"``, see
+            :doc:`precision`. By default the running experiment's ``--precision``, and
+            ``"32"`` outside an experiment.
+
+    Raises:
+        ParameterError: ``precision`` names no precision we train in.
+
     Example:
         >>> ctx = Context()
         >>> ctx.epoch = 0
@@ -51,13 +62,19 @@ class Context:
         ['epoch', 'model', 'optimizer']
     """
 
-    def __init__(self) -> None:
+    def __init__(self, precision: Optional[Union[str, int]] = None) -> None:
         object.__setattr__(self, "_items", {})
         object.__setattr__(self, "_device", torch.device("cpu"))
         object.__setattr__(self, "_guard", guards.Guard())
         # Checkpoint entries a non-strict load found no item for; registering one later warns.
         object.__setattr__(self, "_not_loaded", set())
         object.__setattr__(self, "_ranks_diverged", False)
+        steps = Steps(_precision.resolve(precision), self._items)
+        object.__setattr__(self, "_steps", steps)
+        if steps.scaler is not None:
+            # The fp16 loss scale is saved and restored with the items, under a name that no
+            # item of the user's can have.
+            self._items[_precision.SCALER_ENTRY] = steps.scaler
         _session.register_context(self)
 
     # -- the registry -------------------------------------------------------------------
@@ -227,6 +244,89 @@ class Context:
         if not self._ranks_diverged:
             _seeding.diverge_ranks(get_rank())
             self._ranks_diverged = True
+        return self
+
+    # -- training steps (see _context/steps.py) ------------------------------------------
+
+    def autocast(self) -> ContextManager[Any]:
+        """Run the enclosed forward pass in the context's precision, on its current device.
+
+        ``torch.autocast`` in bfloat16 (``bf16-mixed``) or float16 (``16-mixed``); nothing
+        at ``32``. Leave the backward pass and the optimizer step outside it.
+
+        Raises:
+            PrecisionError: the context's device cannot run its precision: ``16-mixed``
+                off CUDA, ``bf16-mixed`` on a GPU without bfloat16.
+        """
+        return self._steps.autocast(self._device)
+
+    def backward(self, loss: torch.Tensor, **backward_options: Any) -> None:
+        """``loss.backward()``, scaled as the precision and the accumulation need.
+
+        At ``16-mixed`` the loss is multiplied by the current loss scale, so small float16
+        gradients do not underflow (never at ``bf16-mixed`` or ``32``); with
+        :meth:`accumulate` it is divided by the number of micro-steps.
+
+        Args:
+            loss: The scalar loss.
+            **backward_options: Passed on to ``Tensor.backward`` (``retain_graph=True``...).
+
+        Raises:
+            PrecisionError: the context's device cannot run its precision.
+        """
+        self._steps.backward(loss, self._device, **backward_options)
+
+    def step_optimizer(
+        self,
+        optimizer: torch.optim.Optimizer,
+        clip_grad_norm: Optional[float] = None,
+        clip_grad_value: Optional[float] = None,
+    ) -> bool:
+        """Step ``optimizer`` on the gradients of :meth:`backward`, then zero them.
+
+        In order: unscale the gradients (``16-mixed``), clip them, step, unless a gradient
+        is inf or NaN at ``16-mixed`` (the loss scale then shrinks and the step is skipped),
+        and zero the optimizer's gradients. With :meth:`accumulate` only every n-th call
+        for this optimizer does this; the calls before it only count. Call it once per
+        optimizer that should step, e.g. for a generator and a discriminator.
+
+        Args:
+            optimizer: The optimizer to step.
+            clip_grad_norm: Scale the gradients down so that their joint 2-norm is at most
+                this (``torch.nn.utils.clip_grad_norm_``).
+            clip_grad_value: Clamp every gradient element into ``[-value, value]``
+                (``torch.nn.utils.clip_grad_value_``). Give one of the two at most.
+
+        Returns:
+            Whether the optimizer stepped: False on the micro-steps of an accumulation, on a
+            step skipped for inf or NaN gradients, and when no parameter has a gradient.
+            Step a learning-rate scheduler only when it is True.
+
+        Raises:
+            PrecisionError: the gradients did not come from :meth:`backward` where they must
+                (at ``16-mixed``, or while accumulating), or the device cannot run the
+                context's precision.
+            ValueError: a clipping threshold is not a positive number, or both are given.
+        """
+        return self._steps.step_optimizer(optimizer, self._device, clip_grad_norm, clip_grad_value)
+
+    def accumulate(self, micro_steps: int) -> "Context":
+        """Accumulate gradients over ``micro_steps`` calls of :meth:`step_optimizer`.
+
+        Each optimizer then steps on every ``micro_steps``-th call of its own, and
+        :meth:`backward` divides the loss by ``micro_steps``: the update equals that of one
+        batch ``micro_steps`` times larger. In a distributed run the models skip DDP's
+        gradient all-reduce on the micro-steps before the last (``no_sync``). Call it
+        after :meth:`autotransform`, and between cycles; ``accumulate(1)`` stops it.
+
+        Returns:
+            The context.
+
+        Raises:
+            ValueError: ``micro_steps`` is not an int >= 1.
+            PrecisionError: an accumulation cycle with another count is under way.
+        """
+        self._steps.accumulate(micro_steps)
         return self
 
     # -- state ---------------------------------------------------------------------------

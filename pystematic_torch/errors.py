@@ -11,6 +11,7 @@ __all__ = [
     "Error",
     "ParameterError",
     "DeviceError",
+    "PrecisionError",
     "DistributedError",
     "LaunchError",
     "StateDictError",
@@ -30,6 +31,13 @@ class ParameterError(Error, ValueError):
 
 class DeviceError(Error, RuntimeError):
     """A device was asked for that this machine or process cannot use."""
+
+
+class PrecisionError(DeviceError):
+    """A precision the context's device cannot run (``16-mixed`` on a CPU, ``bf16-mixed`` on a
+    GPU without bfloat16), or the training-step helpers used in a way that would train wrongly
+    (a loss scaled at ``16-mixed`` but differentiated with ``loss.backward()``).
+    """
 
 
 class DistributedError(Error, RuntimeError):

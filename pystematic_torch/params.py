@@ -4,6 +4,7 @@ from typing import Callable, List, Optional
 
 import pystematic.core
 
+from ._precision_names import parse_precision
 from .errors import ParameterError
 
 __all__ = ["default_parameters", "validate_parameters", "ENVIRONMENT_VARIABLES"]
@@ -129,6 +130,14 @@ def default_parameters() -> List[pystematic.core.Parameter]:
             default_help="29500; a free port when --nnodes is 1",
             envvar="MASTER_PORT",
             help="TCP port on the master machine for the rendezvous; 0 picks a free one.",
+        ),
+        _parameter(
+            "precision",
+            type=parse_precision,
+            default="32",
+            help="Precision of Context.autocast(), backward() and step_optimizer(): 32 "
+            "(float32), bf16-mixed (bfloat16 autocast, on CPUs and GPUs with bfloat16) or "
+            "16-mixed (float16 autocast with loss scaling, on CUDA GPUs).",
         ),
         _parameter(
             "distributed_timeout",

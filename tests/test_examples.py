@@ -59,3 +59,28 @@ def test_quickstart_trains_saves_and_resumes(tmp_path):
     (new_run,) = [p for p in (tmp_path / "output" / "output" / "train-digits").iterdir()]
     assert (new_run / "checkpoint-4.pt").exists()
     assert not (run_dir / "checkpoint-4.pt").exists()  # the old run is never written to
+
+
+@pytest.mark.timeout(300)
+def test_mixed_precision_example_accumulates_and_resumes_exactly(tmp_path):
+    common = ("--no-cuda", "--precision", "bf16-mixed", "--batch-size", "8", "--accumulate", "4",
+              "--random-seed", "3")  # fmt: skip
+
+    def validation_losses(output):
+        return {int(epoch): loss for epoch, loss in
+                re.findall(r"epoch (\d+): validation loss (\d+\.\d+)", output)}  # fmt: skip
+
+    (tmp_path / "whole").mkdir()
+    output = run_example("mixed_precision.py", *common, "--epochs", "2", cwd=tmp_path / "whole")
+    whole = validation_losses(output)
+    assert list(whole) == [1, 2] and float(whole[2]) < float(whole[1]), whole
+
+    (tmp_path / "parts").mkdir()
+    first = run_example("mixed_precision.py", *common, "--epochs", "1", cwd=tmp_path / "parts")
+    run_dir = only_run_dir(tmp_path / "parts" / "output" / "mixed-precision-example")
+    state = torch.load(run_dir / "checkpoint-1.pt", weights_only=True)
+    assert "precision.scaler" not in state and state["scheduler"]["last_epoch"] == 64 // 4
+    resumed = run_example("mixed_precision.py", *common, "--epochs", "2",
+                          "--checkpoint", str(run_dir), cwd=tmp_path / "parts")  # fmt: skip
+    assert validation_losses(first) == {1: whole[1]}
+    assert validation_losses(resumed) == {2: whole[2]}  # the same digits, all nine

@@ -121,7 +121,6 @@ def test_a_ctrl_c_swallowed_by_a_weakref_callback_still_ends_the_loop(tmp_path):
 
 
 def test_the_first_ctrl_c_stops_a_loader_loop_after_its_batch_the_second_at_once(tmp_path):
-    from pystematic_torch.distributed import _preemption
 
     delivered, raised_at_once = [], []
 

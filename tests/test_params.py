@@ -1,4 +1,6 @@
 """The default parameters, through every way pystematic can set them."""
+import json
+import shutil
 import subprocess
 import sys
 
@@ -67,7 +69,7 @@ def test_defaults_help_and_parameters_file(script):
     ).stdout  # fmt: skip
     for flag in ("--checkpoint", "--cuda, --no-cuda", "--distributed", "--nproc-per-node",
                  "--nproc_per_node", "--nnodes", "--node-rank", "--node_rank", "--master-addr",
-                 "--master_addr", "--master-port", "--master_port"):  # fmt: skip
+                 "--master_addr", "--master-port", "--master_port", "--precision"):  # fmt: skip
         assert flag in help_text, flag
     assert "Number of processes to run on this" in help_text  # rich wraps the column
 
@@ -158,3 +160,61 @@ def test_ranks_asked_for_without_distributed_are_named_in_a_warning(script):
     assert result.returncode == 0, result.stderr
     output = " ".join((result.stdout + result.stderr).split())
     assert "nproc_per_node=2 has no effect without --distributed" in output
+
+
+PRECISION_EXPERIMENT = '''
+import json, pystematic, torch
+
+@pystematic.experiment
+def show_precision(params):
+    explicit = pystematic.torch.Context(precision="32")
+    with explicit.autocast():
+        explicit_autocast = torch.is_autocast_enabled("cpu")
+    ctx = pystematic.torch.Context()
+    print("PARAMS " + json.dumps({"precision": params["precision"],
+                                  "explicit_autocast": explicit_autocast}), flush=True)
+    with ctx.autocast():
+        print("AUTOCAST " + json.dumps([torch.is_autocast_enabled("cpu"),
+                                        str(torch.get_autocast_dtype("cpu"))]))
+
+if __name__ == "__main__":
+    show_precision.cli()
+'''
+
+
+@pytest.mark.timeout(200)
+def test_the_context_follows_precision_and_refuses_what_the_device_cannot_run(tmp_path):
+    script = tmp_path / "exp.py"
+    script.write_text(PRECISION_EXPERIMENT)
+
+    def autocast_line(result):
+        lines = [line for line in result.stdout.splitlines() if line.startswith("AUTOCAST ")]
+        return json.loads(lines[0][len("AUTOCAST "):]) if lines else None
+
+    result, values = run_cli(script, "--no-cuda", env={"PRECISION": "bf16-mixed"})
+    assert result.returncode == 0, result.stderr
+    assert values == {"precision": "32", "explicit_autocast": False}  # no variable is read
+    assert autocast_line(result) == [False, "torch.bfloat16"]
+
+    result, values = run_cli(script, "--no-cuda", "--precision", "bf16-mixed")
+    assert result.returncode == 0, result.stderr
+    assert values == {"precision": "bf16-mixed", "explicit_autocast": False}
+    assert autocast_line(result) == [True, "torch.bfloat16"]
+    recorded = [yaml.safe_load((run / "parameters.yaml").read_text())["precision"]
+                for run in (tmp_path / "output" / "show-precision").iterdir()]  # fmt: skip
+    assert sorted(recorded) == ["32", "bf16-mixed"]
+
+    result, values = run_cli(script, "--no-cuda", "--precision", "16-mixed")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and values["precision"] == "16-mixed"
+    assert autocast_line(result) is None
+    assert "PrecisionError: precision '16-mixed' needs a CUDA GPU, but the context is on cpu; " \
+        "use 'bf16-mixed' there" in " ".join(output.split())  # fmt: skip
+
+    shutil.rmtree(tmp_path / "output")
+    result, values = run_cli(script, "--precision", "fp16")
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0 and values is None and "Traceback" not in output
+    assert "precision must be one of '32', 'bf16-mixed', '16-mixed', got 'fp16'; for 'fp16' " \
+        "write '16-mixed'." in output  # fmt: skip
+    assert not (tmp_path / "output").exists()

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 from .. import _state
 from ..checkpoint._format import METADATA_KEY
 from ..errors import StateDictError
+from . import precision
 
 logger = logging.getLogger("pystematic.torch")
 
@@ -46,11 +47,12 @@ def load_items(items: Dict[str, Any], state: Any, strict: bool) -> List[str]:
     if METADATA_KEY in state:
         # A checkpoint file read with torch.load directly: what wrote it, not an item.
         state = {name: value for name, value in state.items() if name != METADATA_KEY}
+    state, may_miss = precision.reconcile(items, state)
     stateful = [name for name, value in items.items() if _state.has_state(value)]
     to_load = [name for name in stateful if name in state]
     problems: List[str] = []
     if strict:
-        missing = [name for name in stateful if name not in state]
+        missing = [name for name in stateful if name not in state and name not in may_miss]
         unexpected = [name for name in state if name not in items]
         if missing:
             problems.append(f"missing from the checkpoint: {', '.join(missing)} ({_MISSING_HINT})")

@@ -115,6 +115,10 @@ class Context:
     def __contains__(self, name: str) -> bool:
         return name in self._items
 
+    def _mid_accumulation(self) -> bool:
+        # A checkpoint holds no gradients: a state saved mid-cycle would lose the cycle's.
+        return self._steps.mid_cycle()
+
     def _holds(self, obj: Any) -> bool:
         """Whether ``obj`` is one of the items, or inside one of the containers."""
         return any(leaf is obj for value in self._items.values() for leaf in leaves(value))

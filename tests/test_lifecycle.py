@@ -140,3 +140,31 @@ def test_the_first_ctrl_c_stops_a_loader_loop_after_its_batch_the_second_at_once
     with pytest.raises(KeyboardInterrupt):
         make_experiment(body).run({"cuda": False, "output_dir": str(tmp_path)})
     assert delivered == [0, 1] and raised_at_once == [True]
+
+
+def test_preemption_waits_for_an_accumulation_cycle_to_end(tmp_path):
+    from pystematic_torch.distributed import _preemption
+
+    seen = {"micro_steps": 0, "steps": 0}
+
+    def body(params):
+        ctx = pt.Context()
+        ctx.model = torch.nn.Linear(2, 1)
+        ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
+        ctx.loader = pt.SmartDataLoader(torch.randn(40, 2), batch_size=2, loading_bar=False)
+        ctx.autotransform()
+        ctx.accumulate(4)
+        for x in ctx.loader:
+            ctx.backward(ctx.model(x).pow(2).mean())
+            seen["micro_steps"] += 1
+            seen["steps"] += ctx.step_optimizer(ctx.optimizer)
+            if seen["micro_steps"] == 2:
+                _preemption._on_stop_signal(signal.SIGTERM, None)  # as the scheduler would
+
+    with pytest.raises(SystemExit) as ended:
+        make_experiment(body).run({"cuda": False, "output_dir": str(tmp_path)})
+    assert ended.value.code == 143
+    # Stopped after the cycle's 4th micro-step, not after the 2nd: no gradients were lost.
+    assert seen == {"micro_steps": 4, "steps": 1}
+    (checkpoint,) = tmp_path.glob("lifecycle-probe/*/checkpoint-preempted.pt")
+    assert torch.load(checkpoint, weights_only=True)["loader"]["position"] == 4

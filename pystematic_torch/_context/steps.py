@@ -93,6 +93,10 @@ class Steps:
         self._set_grad_sync()
         return stepped
 
+    def mid_cycle(self) -> bool:
+        """Whether some optimizer holds gradients of an unfinished accumulation cycle."""
+        return any(self._calls.values())
+
     def accumulate(self, every: int) -> None:
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
             raise ValueError(

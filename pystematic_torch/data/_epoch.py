@@ -52,6 +52,7 @@ class EpochIterator:
         self._bar = loader._make_bar(start)
         self._unshown = 0
         self._stop_check = stop_check_for(loader, _registered_on_a_context)
+        self._stop_agreed = False
         if self._stop_check is not None:
             watch_batches(self)
         # The loader's attributes, written directly: DataLoader.__setattr__ guards a few
@@ -68,9 +69,14 @@ class EpochIterator:
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
-        if self._stop_check is not None and self._stop_check() and not self._exhausted():
-            self.close()
-            raise Preempted(self._loader)
+        if self._stop_check is not None and (self._stop_agreed or self._stop_check()):
+            # Every rank agrees here, at the same batch, and then stops at the first batch
+            # where the epoch still has batches and no gradients wait for more micro-steps:
+            # both are the same on every rank.
+            self._stop_agreed = True
+            if not self._exhausted() and not _accumulating(self._loader):
+                self.close()
+                raise Preempted(self._loader)
         if _interrupted.is_set():
             self.close()
             raise KeyboardInterrupt
@@ -136,6 +142,11 @@ class EpochIterator:
             self.close()
         except Exception:  # interpreter shutdown: the loader may already be gone
             pass
+
+
+def _accumulating(loader) -> bool:
+    return any(context._holds(loader) and context._mid_accumulation()
+               for context in _session.contexts())  # fmt: skip
 
 
 def _registered_on_a_context(loader) -> bool:

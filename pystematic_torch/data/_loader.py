@@ -30,6 +30,7 @@ from ..errors import DataError, DeviceError, DistributedError, StateDictError
 from . import _prefetch
 from ._cache import build_cache
 from ._epoch import EpochIterator
+from ._sample_seeds import SeededFetch, applies_to
 from ._samplers import ResumableIndices, ShardedSampler, mix_seed
 
 __all__ = ["SmartDataLoader"]
@@ -37,6 +38,8 @@ __all__ = ["SmartDataLoader"]
 logger = logging.getLogger("pystematic.torch.data")
 
 _CACHE_CHOICES = (None, "device")
+# Tags the streams drawn from the loader's seed: 1 for the workers' base seeds, 2 for fetches.
+_WORKER_STREAM, _FETCH_STREAM = 1, 2
 _STATE_KEYS = ("epoch", "position", "seed", "num_processes", "batch_size")
 
 
@@ -139,6 +142,8 @@ class SmartDataLoader(DataLoader):
         self._epoch = 0
         self._position = 0
         self._skip = 0
+        # The epoch's base seed of dataset fetches; None where fetches are not seeded.
+        self._fetch_seed_base: Optional[int] = None
         self._saved_layout: Optional[tuple] = None
         self._active: Optional[weakref.ref] = None
         self._cached: Optional[Any] = None
@@ -305,10 +310,35 @@ class SmartDataLoader(DataLoader):
         if not self._user_generator:
             # Workers' base seeds follow (seed, epoch, rank) instead of the global RNG.
             generator = torch.Generator()
-            generator.manual_seed(mix_seed(self._seed, self._epoch, get_rank(), 1))
+            generator.manual_seed(mix_seed(self._seed, self._epoch, get_rank(), _WORKER_STREAM))
             self.generator = generator
         iterable = isinstance(self.dataset, IterableDataset)
         self._skip = 0 if iterable else self._position
+        self._fetch_seed_base = (
+            mix_seed(self._seed, self._epoch, get_rank(), _FETCH_STREAM)
+            if self._fetches_are_seeded() else None
+        )
+
+    def _fetches_are_seeded(self) -> bool:
+        # The batched gather and the cache read tensors, never call the dataset at random.
+        return (
+            not isinstance(self.dataset, IterableDataset)
+            and self.cache is None
+            and not _fast_gather_applies(self)
+            and applies_to(self.dataset)
+        )
+
+    def _get_iterator(self):
+        # DataLoader's iterators (and its workers) take the dataset from the loader here;
+        # with seeded fetches they get the proxy that seeds each fetch (see _sample_seeds).
+        if self._fetch_seed_base is None:
+            return super()._get_iterator()
+        dataset = self.dataset
+        self.__dict__["dataset"] = SeededFetch(dataset)
+        try:
+            return super()._get_iterator()
+        finally:
+            self.__dict__["dataset"] = dataset
 
     def _rescale_position(self) -> None:
         if self._saved_layout is None:
@@ -332,7 +362,7 @@ class SmartDataLoader(DataLoader):
             return self._cached_batches()
         if _fast_gather_applies(self):
             pin = self._delivers_to_cuda()
-            return _prefetch.gather_rows(self.dataset.tensors, iter(self._index_sampler), pin)
+            return _prefetch.gather_rows(self.dataset.tensors, self._index_sampler.plain(), pin)
         return super().__iter__()
 
     def _delivers_to_cuda(self) -> bool:
@@ -347,7 +377,8 @@ class SmartDataLoader(DataLoader):
         cached = self._cached
         # One index transfer per epoch: per-batch transfers of pageable host memory would
         # make the host wait for the GPU at every batch.
-        batches = [torch.as_tensor(indices, dtype=torch.long) for indices in self._index_sampler]
+        batches = [torch.as_tensor(indices, dtype=torch.long)
+                   for indices in self._index_sampler.plain()]  # fmt: skip
         if not batches:
             return iter(())
         flat = torch.cat(batches).to(device)

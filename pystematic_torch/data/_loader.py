@@ -17,7 +17,6 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset, default_collate
 
-from .._session import current_params
 from ..devices import DeviceLike, map_tensors, resolve_device
 from ..distributed import (
     broadcast_from_master,
@@ -26,10 +25,11 @@ from ..distributed import (
     is_distributed,
     is_master,
 )
-from ..errors import DataError, DeviceError, DistributedError, StateDictError
+from ..errors import DeviceError, DistributedError, StateDictError
 from . import _prefetch
 from ._cache import build_cache
 from ._epoch import EpochIterator
+from ._options import check_arguments, resolve_seed
 from ._sample_seeds import SeededFetch, applies_to
 from ._samplers import ResumableIndices, ShardedSampler, mix_seed
 
@@ -37,7 +37,6 @@ __all__ = ["SmartDataLoader"]
 
 logger = logging.getLogger("pystematic.torch.data")
 
-_CACHE_CHOICES = (None, "device")
 # Tags the streams drawn from the loader's seed: 1 for the workers' base seeds, 2 for fetches.
 _WORKER_STREAM, _FETCH_STREAM = 1, 2
 _STATE_KEYS = ("epoch", "position", "seed", "num_processes", "batch_size")
@@ -111,11 +110,11 @@ class SmartDataLoader(DataLoader):
         **dataloader_kwargs: Any,
     ) -> None:
         iterable = isinstance(dataset, IterableDataset)
-        _check_arguments(
+        check_arguments(
             iterable, shuffle, sampler, batch_sampler, cache, random_seed, batch_size,
             dataloader_kwargs,
         )  # fmt: skip
-        seed = _resolve_seed(random_seed)
+        seed = resolve_seed(random_seed)
         own_sampler = None
         if not iterable and sampler is None and batch_sampler is None:
             own_sampler = ShardedSampler(
@@ -406,42 +405,6 @@ class SmartDataLoader(DataLoader):
             dynamic_ncols=terminal,
             mininterval=0.1 if terminal else 60.0,
         )
-
-
-def _check_arguments(iterable, shuffle, sampler, batch_sampler, cache, seed, batch_size, kwargs):
-    problems = []
-    if shuffle and iterable:
-        problems.append(
-            "shuffle=True cannot reorder an IterableDataset; shuffle inside the dataset's "
-            "__iter__ or use a map-style Dataset"
-        )
-    if shuffle and (sampler is not None or batch_sampler is not None):
-        problems.append(
-            "shuffle=True cannot be combined with a sampler or batch_sampler, which already "
-            "set the order; drop shuffle or the sampler"
-        )
-    if cache not in _CACHE_CHOICES:
-        problems.append(f"cache={cache!r} is not allowed; use None or 'device'")
-    elif cache is not None:
-        if iterable:
-            problems.append("cache='device' needs a map-style dataset, not an IterableDataset")
-        if batch_size is None and batch_sampler is None:
-            problems.append("cache='device' needs batching; give a batch_size")
-        if kwargs.get("collate_fn") not in (None, default_collate):
-            problems.append("cache='device' needs the default collate_fn")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        problems.append(f"random_seed={seed!r} is not an int")
-    if problems:
-        raise DataError("SmartDataLoader: " + "; ".join(problems) + ".")
-
-
-def _resolve_seed(random_seed: Optional[int]) -> int:
-    if random_seed is not None:
-        return int(random_seed)
-    params = current_params()
-    if params is not None and params.get("random_seed") is not None:
-        return int(params["random_seed"])
-    return int(torch.empty((), dtype=torch.int64).random_().item())
 
 
 def _fast_gather_applies(loader: SmartDataLoader) -> bool:

@@ -327,6 +327,10 @@ class SmartDataLoader(DataLoader):
             and applies_to(self.dataset)
         )
 
+    def _runs_dataset_code_in_process(self) -> bool:
+        """Whether the dataset's own code runs in this process (no workers, no gather)."""
+        return self.num_workers == 0 and self.cache is None and not _fast_gather_applies(self)
+
     def _get_iterator(self):
         # DataLoader's iterators (and its workers) take the dataset from the loader here;
         # with seeded fetches they get the proxy that seeds each fetch (see _sample_seeds).

@@ -1,5 +1,6 @@
 """Randomness inside a dataset depends on (seed, epoch, rank, position), not on workers."""
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from pystematic_torch import _seeding
 from pystematic_torch.data import SmartDataLoader, _sample_seeds
 from tests.support.ranks import run_on_ranks
 
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 WORKERS = {
     "0 workers": {"num_workers": 0},
     "2 workers": {"num_workers": 2},
@@ -166,3 +168,26 @@ def test_each_rank_draws_its_own_augmentations():
     first, second = run_on_ranks(_shard_body)
     assert not set(first[:, 0].tolist()) & set(second[:, 0].tolist())  # disjoint shards
     assert not set(first[:, 1].tolist()) & set(second[:, 1].tolist())
+
+
+class Where(Augmented):
+    """Records the thread each fetch runs on."""
+
+    threads = []
+
+    def __getitem__(self, index):
+        self.threads.append(threading.current_thread())
+        return super().__getitem__(index)
+
+
+@cuda_only
+def test_on_cuda_without_workers_the_dataset_runs_on_the_loop_thread():
+    _seeding.seed_everything(0)
+    undisturbed = torch.rand(2).tolist()
+    _seeding.seed_everything(0)
+    on_gpu = loader(Where()).to("cuda")
+    batches = list(on_gpu)
+    assert torch.rand(2).tolist() == undisturbed
+    assert {thread for thread in Where.threads} == {threading.main_thread()}
+    assert all(batch.device.type == "cuda" for batch in batches)
+    assert torch.equal(torch.cat(batches).cpu(), torch.cat(list(loader())))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset, get_worker_info
 
-from pystematic_torch import _seeding
+from pystematic_torch import Context, _seeding
 from pystematic_torch.data import SmartDataLoader, _sample_seeds
 from tests.support.ranks import run_on_ranks
 
@@ -73,8 +73,11 @@ def test_the_same_samples_with_any_number_of_workers_and_a_new_draw_every_epoch(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("workers", list(WORKERS))
-def test_a_resumed_epoch_draws_what_the_uninterrupted_one_drew(workers):
+@pytest.mark.parametrize("workers, resumed_with", [
+    ("0 workers", "0 workers"), ("2 workers", "2 workers"), ("persistent", "persistent"),
+    ("persistent", "0 workers"),  # the number of workers may change between runs
+])  # fmt: skip
+def test_a_resumed_epoch_draws_what_the_uninterrupted_one_drew(workers, resumed_with):
     reference = run_epochs(loader(**WORKERS[workers]), 2)
     interrupted = loader(**WORKERS[workers])
     batches = iter(interrupted)
@@ -82,7 +85,7 @@ def test_a_resumed_epoch_draws_what_the_uninterrupted_one_drew(workers):
     state = interrupted.state_dict()
     del batches
 
-    resumed = loader(**WORKERS[workers])
+    resumed = loader(**WORKERS[resumed_with])
     resumed.load_state_dict(state)
     assert torch.equal(torch.cat(head + list(resumed)), reference[0])
     assert torch.equal(torch.cat(list(resumed)), reference[1])
@@ -188,6 +191,31 @@ def test_on_cuda_without_workers_the_dataset_runs_on_the_loop_thread():
     on_gpu = loader(Where()).to("cuda")
     batches = list(on_gpu)
     assert torch.rand(2).tolist() == undisturbed
-    assert {thread for thread in Where.threads} == {threading.main_thread()}
+    assert set(Where.threads) == {threading.main_thread()}
     assert all(batch.device.type == "cuda" for batch in batches)
     assert torch.equal(torch.cat(batches).cpu(), torch.cat(list(loader())))
+
+
+def random_collate(samples):
+    return torch.stack(samples) + torch.rand(()) + np.random.random_sample() + random.random()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", ["0 workers", "2 workers"])
+def test_randomness_in_collate_fn_repeats_in_a_resumed_epoch(workers):
+    options = dict(collate_fn=random_collate, **WORKERS[workers])
+    _seeding.seed_everything(1)
+    reference = torch.cat(list(loader(**options)))
+
+    _seeding.seed_everything(1)
+    ctx = Context()
+    ctx.loader = loader(**options)
+    batches = iter(ctx.loader)
+    head = [next(batches), next(batches)]
+    state = ctx.state_dict()  # the loader's place and, for 0 workers, the loop's streams
+    del batches
+    _seeding.seed_everything(2)
+    resumed = Context()
+    resumed.loader = loader(**options)
+    resumed.load_state_dict(state)
+    assert torch.equal(torch.cat(head + list(resumed.loader)), reference)

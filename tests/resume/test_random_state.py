@@ -190,3 +190,39 @@ def test_cuda_generators_are_saved_once_cuda_is_in_use_and_restored():
     _seeding.seed_everything(9)
     session().load_state_dict(state)
     assert [torch.rand(3, device=f"cuda:{i}").tolist() for i in range(len(cuda))] == expected
+
+
+def _more_ranks_body(rank, saved):
+    resumed = session()
+    resumed.load_state_dict(saved)
+    resumed.ddp()  # the streams were just made per rank: not re-seeded
+    return draws()
+
+
+@pytest.mark.timeout(120)
+def test_more_ranks_than_saved_each_continue_a_stream_of_their_own_repeatably():
+    _seeding.seed_everything(2)
+    state = session().state_dict()
+    state[randomness.KEY]["ranks_diverged"] = True  # as saved by a process past ctx.ddp()
+    first = run_on_ranks(_more_ranks_body, args=(state,))
+    assert first[0] != first[1]
+    assert run_on_ranks(_more_ranks_body, args=(state,)) == first
+
+
+def test_cuda_states_load_where_there_are_fewer_devices_or_none(monkeypatch, caplog):
+    _seeding.seed_everything(1)
+    state = session().state_dict()
+    saved = [torch.full((16,), index, dtype=torch.uint8) for index in range(2)]
+    state[randomness.KEY]["ranks"][0]["cuda"] = saved
+    expected = draws()
+    if not torch.cuda.is_available():  # a GPU checkpoint resumed on the CPU
+        session().load_state_dict(state)
+        assert draws() == expected
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((i, s)))
+    with caplog.at_level(logging.WARNING, logger="pystematic.torch"):
+        session().load_state_dict(state)
+    assert len(restored) == 1 and restored[0][0] == 0 and torch.equal(restored[0][1], saved[0])
+    assert "2 CUDA devices and this process sees 1" in caplog.text

@@ -4,10 +4,12 @@ See ``docs/data.rst`` for the behaviour in full; the short version:
 
 - Order: the epoch's order is a function of (seed, epoch) only, so runs with the same seed
   see the same batches and every rank computes the same permutation.
-- Epochs: an iteration that ends (run to completion, or left early) ends the loader's
-  epoch; the next ``iter()`` starts the next epoch with a new order.
+- Epochs: an epoch ends when its batches run out; a loop left early keeps the loader's
+  place, and the next ``iter()`` continues that epoch (see ``_epoch``).
 - Resume: the loader counts the batches it has *delivered*; a loaded state skips that many
   batches at the index level, so no data is loaded twice or skipped.
+- Randomness: each fetch from the dataset is seeded by its place in the run (see
+  ``_sample_seeds``).
 """
 import logging
 import sys
@@ -57,6 +59,10 @@ class SmartDataLoader(DataLoader):
     - **Distributed.** Inside a ``torch.distributed`` process group, each rank iterates a
       disjoint shard of every epoch (unless a ``sampler`` or ``batch_sampler`` is given).
     - **Resume.** :meth:`state_dict` records the epoch and the batches delivered in it.
+    - **Random augmentations.** Every fetch from a map-style dataset starts from torch,
+      NumPy and Python generators seeded by (seed, epoch, rank, position), so what the
+      dataset draws does not depend on the workers and repeats in a resumed epoch; with
+      ``num_workers=0`` the loop's own generators are put back after each fetch.
     - **Progress.** A tqdm bar on rank 0 shows the epoch, the position and the rate.
 
     Args:

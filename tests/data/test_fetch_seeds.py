@@ -11,6 +11,7 @@ from pystematic_torch import Context, _seeding
 from pystematic_torch.data import SmartDataLoader, _sample_seeds
 from tests.support.ranks import run_on_ranks
 
+pytestmark = pytest.mark.usefixtures("global_generators")
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 WORKERS = {
     "0 workers": {"num_workers": 0},
@@ -48,15 +49,6 @@ def loader(dataset=None, **options):
 
 def run_epochs(smart, count):
     return [torch.cat(list(smart)) for _ in range(count)]
-
-
-@pytest.fixture(autouse=True)
-def global_generators():
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    yield
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-    torch.set_rng_state(states[2])
 
 
 @pytest.mark.timeout(120)

@@ -13,15 +13,7 @@ from pystematic_torch import _seeding
 from pystematic_torch._context import randomness
 from tests.support.ranks import run_on_ranks
 
-
-@pytest.fixture(autouse=True)
-def global_generators():
-    """Put the test process's global generators back as they were."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    yield
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-    torch.set_rng_state(states[2])
+pytestmark = pytest.mark.usefixtures("global_generators")
 
 
 def draws():

@@ -72,16 +72,18 @@ def capture(ranks_diverged: bool) -> dict:
 
 def problems(saved: Any) -> List[str]:
     """Why ``saved`` cannot be restored in this process; changes nothing."""
-    if not isinstance(saved, Mapping) or not isinstance(saved.get("ranks"), (list, tuple)):
-        return [f"{KEY}: checkpoint has {type(saved).__name__}, not a Context's random state"]
-    world, saved_world = get_num_processes(), len(saved["ranks"])
-    rank = get_rank() if saved_world == world else 0
-    own = saved["ranks"][rank]
+    ranks = saved.get("ranks") if isinstance(saved, Mapping) else None
+    if not isinstance(ranks, (list, tuple)) or not ranks:
+        return [f"{KEY}: checkpoint has {_kind(saved)}, not a Context's random state"]
+    rank = get_rank() if len(ranks) == get_num_processes() else 0
+    own = ranks[rank]
     if own is None:
         return [
             f"{KEY}: the state holds no random state for rank {rank}: it is a copy of "
             "ctx.state_dict() taken on another rank; load the state that rank 0 saved"
         ]
+    if not isinstance(own, Mapping):
+        return [f"{KEY}.ranks[{rank}]: checkpoint has {_kind(own)}, not generator states"]
     found = []
     for name, generator in _CPU_GENERATORS.items():
         problem = _generators.problem(generator(), own.get(name))
@@ -206,3 +208,9 @@ def _to_bytes(state: dict) -> bytes:
 
 def _listed(ranks: List[int]) -> str:
     return ", ".join(map(str, ranks))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and not value:
+        return "an empty list"
+    return type(value).__name__

@@ -69,8 +69,9 @@ def test_a_malformed_random_state_is_refused_before_anything_changes():
     assert "_random_state.ranks[0].numpy" in message
     assert torch.equal(ctx.model.weight, before)
 
-    with pytest.raises(pt.StateDictError, match="not a Context's random state"):
-        ctx.load_state_dict(dict(other, _random_state="seeds"))
+    for malformed in ("seeds", {"ranks": []}, {"ranks": [3]}):
+        with pytest.raises(pt.StateDictError, match="random state|generator states"):
+            ctx.load_state_dict(dict(other, _random_state=malformed))
     with pytest.raises(pt.StateDictError, match="no random state for rank 0"):
         ctx.load_state_dict(dict(other, _random_state={**good["_random_state"],
                                                         "ranks": [None]}))  # fmt: skip

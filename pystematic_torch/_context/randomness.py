@@ -137,7 +137,10 @@ def _restore_own(own: Mapping) -> None:
     for name, generator in _CPU_GENERATORS.items():
         _generators.restore(generator(), own[name])
     cuda = own["cuda"]
-    if cuda and torch.cuda.is_available():
+    if cuda and torch.cuda.is_available() and (_session.current_params() or {}).get("cuda", True):
+        # Set now: a state queued until CUDA starts would run before the seeds queued by
+        # seeding (torch runs those last), and lose to them.
+        torch.cuda.init()
         count = torch.cuda.device_count()
         if count != len(cuda):
             logger.warning(
@@ -145,7 +148,7 @@ def _restore_own(own: Mapping) -> None:
                 "sees %d: the first %d are restored.", len(cuda), count, min(count, len(cuda)),
             )  # fmt: skip
         for index, state in enumerate(cuda[:count]):
-            torch.cuda.set_rng_state(state, index)  # applied when CUDA starts, if not yet
+            torch.cuda.set_rng_state(state, index)
 
 
 def _collect(store: Any, ranks: List[Optional[dict]]) -> None:

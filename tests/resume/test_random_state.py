@@ -213,9 +213,46 @@ def test_cuda_states_load_where_there_are_fewer_devices_or_none(monkeypatch, cap
         assert draws() == expected
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((i, s)))
     with caplog.at_level(logging.WARNING, logger="pystematic.torch"):
         session().load_state_dict(state)
     assert len(restored) == 1 and restored[0][0] == 0 and torch.equal(restored[0][1], saved[0])
     assert "2 CUDA devices and this process sees 1" in caplog.text
+
+
+CUDA_BEFORE_INIT = """
+import torch, pystematic_torch as pt
+from pystematic_torch import _seeding
+_seeding.seed_everything(8)
+torch.cuda.init()
+ctx = pt.Context()
+torch.rand(3, device="cuda")
+state = ctx.state_dict()
+expected = torch.rand(3, device="cuda").tolist()
+torch.save(state, "state.pt")
+print("EXPECTED", expected)
+"""
+RESUMED_BEFORE_INIT = """
+import torch, pystematic_torch as pt
+from pystematic_torch import _seeding
+_seeding.seed_everything(9)  # queues CUDA seeds: CUDA has not started in this process
+assert not torch.cuda.is_initialized()
+pt.Context().load_state_dict(torch.load("state.pt", weights_only=True))
+print("EXPECTED", torch.rand(3, device="cuda").tolist())
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_states_restored_before_cuda_starts_are_not_overridden_by_queued_seeds(tmp_path):
+    import subprocess
+    import sys
+
+    outputs = [
+        subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, check=True).stdout  # fmt: skip
+        for script in (CUDA_BEFORE_INIT, RESUMED_BEFORE_INIT)
+    ]
+    assert outputs[0].strip().startswith("EXPECTED")
+    assert outputs[0] == outputs[1]

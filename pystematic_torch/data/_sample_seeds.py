@@ -14,7 +14,7 @@ the epoch's base seed and the batch's position; the loader's iterators fetch thr
 :class:`SeededFetch`, a proxy of the dataset that seeds the three generators and then calls
 the dataset as usual. One seeding per batch, not per sample: a batch is always fetched
 whole by one process, so each sample's draws are still fixed by the position; seeding costs
-about 13 us (benchmarks/README.md), more than reading a sample of an in-memory dataset.
+about 10 us (benchmarks/README.md), more than reading a sample of an in-memory dataset.
 
 With ``num_workers=0`` the fetch runs in the training process; its own generators (dropout,
 everything the loop draws) are saved before and put back after, so the loop's stream is the

@@ -7,6 +7,10 @@ CPU part: the time of one epoch over the same per-sample dataset with a plain Da
 with SmartDataLoader (progress bar on), run in back-to-back pairs, ``--rounds`` pairs; the
 overhead is the median of the pairs' time ratios. Target: at most 3 %.
 
+Seeding part: the cost of seeding each fetch from (seed, epoch, rank, position), which makes
+random augmentations resume exactly: measured alone, and as one epoch over a dataset with a
+random crop and flip, plain DataLoader against SmartDataLoader, 0 and 2 (persistent) workers.
+
 Throughput part (on CUDA when available): a small CNN trained on 256-image batches
 (3x64x64 float) from an in-memory dataset of ``--samples`` samples, fed by
   - plain:    DataLoader(TensorDataset, 4 workers) + .to(device)
@@ -20,6 +24,7 @@ import argparse
 import statistics
 import sys
 import time
+import timeit
 
 import torch
 from torch import nn
@@ -57,20 +62,8 @@ def cpu_overhead(args) -> None:
     plain = DataLoader(dataset, batch_size=64, shuffle=True, num_workers=args.cpu_workers)
     smart = SmartDataLoader(dataset, batch_size=64, shuffle=True, num_workers=args.cpu_workers,
                             loading_bar=True)  # fmt: skip
-    epoch_seconds(plain), epoch_seconds(smart)  # warm-up
-    plain_times, smart_times = [], []
-    for round_ in range(args.rounds):
-        # Back-to-back pairs, alternating which goes first, so drifting load on a shared
-        # machine affects both sides of each pair alike.
-        if round_ % 2:
-            smart_times.append(epoch_seconds(smart))
-            plain_times.append(epoch_seconds(plain))
-        else:
-            plain_times.append(epoch_seconds(plain))
-            smart_times.append(epoch_seconds(smart))
-    plain_median, smart_median = statistics.median(plain_times), statistics.median(smart_times)
-    ratios = [mine / theirs for mine, theirs in zip(smart_times, plain_times)]
-    overhead = (statistics.median(ratios) - 1) * 100
+    plain_median, smart_median, ratio = paired_epochs(plain, smart, args.rounds)
+    overhead = (ratio - 1) * 100
     print(f"CPU epoch, {args.cpu_samples} samples, batch 64, {args.cpu_workers} workers, "
           f"median of {args.rounds}:")  # fmt: skip
     print(f"  plain DataLoader        {plain_median * 1000:8.1f} ms")
@@ -84,6 +77,74 @@ def cpu_overhead(args) -> None:
     smart_t = statistics.median(epoch_seconds(smart_tensor) for _ in range(args.rounds))
     print(f"  TensorDataset: plain {plain_t * 1000:.1f} ms, "
           f"SmartDataLoader {smart_t * 1000:.1f} ms ({plain_t / smart_t:.1f}x, batched gather)")
+
+
+class RandomCrop(Dataset):
+    """A CIFAR-like per-sample dataset with a cheap random augmentation (crop and flip)."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        padded = nn.functional.pad(self.images[index], (4, 4, 4, 4))
+        top, left = torch.randint(0, 9, (2,)).tolist()
+        image = padded[:, top : top + 32, left : left + 32]
+        if torch.rand(()) < 0.5:
+            image = image.flip(2)
+        return image, self.labels[index]
+
+
+def paired_epochs(plain, smart, rounds):
+    """Median epoch times of two loaders and the median of their paired time ratios.
+
+    Back-to-back pairs, alternating which goes first, so drifting load on a shared machine
+    affects both sides of each pair alike.
+    """
+    epoch_seconds(plain), epoch_seconds(smart)  # warm-up
+    plain_times, smart_times = [], []
+    for round_ in range(rounds):
+        if round_ % 2:
+            smart_times.append(epoch_seconds(smart))
+            plain_times.append(epoch_seconds(plain))
+        else:
+            plain_times.append(epoch_seconds(plain))
+            smart_times.append(epoch_seconds(smart))
+    ratio = statistics.median(m / t for m, t in zip(smart_times, plain_times))
+    return statistics.median(plain_times), statistics.median(smart_times), ratio
+
+
+def fetch_seeding(args) -> None:
+    """What exact resume of dataset randomness costs: seeding each fetch (see _sample_seeds)."""
+    from pystematic_torch.data import _sample_seeds
+
+    number = 20000
+    seed = 0x1234_5678_9ABC_DEF
+    seeding = timeit.timeit(lambda: _sample_seeds.seed_globals(seed), number=number) / number
+    kept = _sample_seeds._MainProcessStreamsKept()
+
+    def keep():
+        with kept:
+            pass
+
+    keeping = timeit.timeit(keep, number=number) / number
+    print("Seeded dataset fetches (one per batch):")
+    print(f"  seeding torch, NumPy and random        {seeding * 1e6:6.1f} us per fetch")
+    print(f"  + keeping the loop's streams (0 workers) {keeping * 1e6:6.1f} us per fetch")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(args.cpu_samples, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 10, (args.cpu_samples,), generator=generator)
+    for workers in (0, 2):
+        common = dict(batch_size=64, shuffle=True, num_workers=workers,
+                      persistent_workers=workers > 0)  # fmt: skip
+        plain = DataLoader(RandomCrop(images, labels), **common)
+        smart = SmartDataLoader(RandomCrop(images, labels), loading_bar=False, **common)
+        plain_t, smart_t, ratio = paired_epochs(plain, smart, args.rounds)
+        print(f"  random crop + flip, {args.cpu_samples} samples, batch 64, {workers} workers: "
+              f"plain {plain_t * 1000:.1f} ms, SmartDataLoader {smart_t * 1000:.1f} ms "
+              f"({(ratio - 1) * 100:+.1f} %, median of {args.rounds} paired ratios)")
 
 
 def small_cnn() -> nn.Module:
@@ -184,6 +245,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cpu-samples", type=int, default=20000)
     parser.add_argument("--cpu-workers", type=int, default=0)
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--skip-seeding", action="store_true")
     parser.add_argument("--throughput-device", default="cuda")
     parser.add_argument("--samples", type=int, default=16384)
     parser.add_argument("--image", type=int, default=64)
@@ -194,6 +256,8 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}")
     if not args.skip_cpu:
         cpu_overhead(args)
+    if not args.skip_seeding:
+        fetch_seeding(args)
     throughput(args)
 
 

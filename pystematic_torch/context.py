@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import _seeding, _session, _state
-from ._context import guards, loading
+from ._context import guards, loading, randomness
 from ._context import precision as _precision
 from ._context.moves import leaves, map_leaves, move, require_cuda
 from ._context.steps import Steps
@@ -203,7 +203,8 @@ class Context:
         The first call also re-seeds each rank's global random number generators from the
         shared stream and the rank: until now every rank drew the same numbers (the same
         initialisation and data splits), from now on dropout and augmentation differ
-        between ranks, repeatably.
+        between ranks, repeatably. After :meth:`load_state_dict` of a state saved past that
+        point, the restored per-rank streams are kept instead.
 
         Args:
             sync_batchnorm: Convert BatchNorm layers to ``SyncBatchNorm`` before wrapping,
@@ -336,18 +337,30 @@ class Context:
     # -- state ---------------------------------------------------------------------------
 
     def state_dict(self) -> Dict[str, Any]:
-        """The state of every registered item, keyed by name.
+        """The state of every registered item, keyed by name, and of the random generators.
 
         Modules, optimizers, schedulers, scalers, loaders and recorders contribute their own
         ``state_dict()``; tensors, plain values and containers appear as they are. Items
-        without state (functions, arbitrary objects) are left out. Everything in it loads
-        with ``torch.load(weights_only=True)`` as long as the items' own state dicts do.
+        without state (functions, arbitrary objects) are left out. The reserved entry
+        ``"_random_state"`` holds the global generators of Python, NumPy, torch (CPU and
+        every CUDA device in use) of every rank, so a resumed run draws the same dropout
+        masks and augmentations (see :doc:`resume`). Everything in it loads with
+        ``torch.load(weights_only=True)`` as long as the items' own state dicts do.
+
+        In a distributed run this gathers every rank's generator states on rank 0, which
+        writes the checkpoint: every rank must call it, at the same point.
+
+        Raises:
+            DistributedError: on rank 0, when another rank did not call it within two
+                minutes (or ``--distributed_timeout``, if shorter): it was called under
+                ``if is_master():``.
         """
         state = {}
         for name, value in self._items.items():
             captured = _state.capture(value)
             if captured is not _state.OPAQUE:
                 state[name] = captured
+        state[randomness.KEY] = randomness.capture(self._ranks_diverged)
         return ContextState(state)
 
     def load_state_dict(self, state: Dict[str, Any], strict: bool = True) -> None:
@@ -363,6 +376,10 @@ class Context:
         every item is put back from its snapshot. Tensors in ``state`` may live on any
         device: a CPU checkpoint loads into a CUDA context and the other way round.
 
+        Last, each rank's global random number generators are put back into the states
+        this rank saved (see :doc:`resume`), so the run continues drawing exactly where the
+        saved one was; :meth:`ddp` then keeps these streams instead of re-seeding them.
+
         Args:
             state: A dict from :meth:`state_dict`, possibly read back from disk.
             strict: Refuse entries that are missing or unexpected, at the top level and
@@ -374,7 +391,9 @@ class Context:
                 [10, 5]``; or naming the item whose own loader raised, once every item has
                 been put back.
         """
-        skipped = loading.load_items(self._items, state, strict)
+        skipped, ranks_diverged = loading.load_items(self._items, state, strict)
+        if ranks_diverged is not None:
+            self._ranks_diverged = ranks_diverged
         guards.note_loaded()
         self._not_loaded.update(skipped)
         if skipped:

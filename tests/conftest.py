@@ -1,6 +1,9 @@
 import os
+import random
 
+import numpy as np
 import pytest
+import torch
 import torch.distributed as dist
 
 
@@ -13,3 +16,13 @@ def restore_environment():
         dist.destroy_process_group()
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture()
+def global_generators():
+    """Put the test process's global random number generators back as they were."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    yield
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.set_rng_state(states[2])

@@ -68,7 +68,7 @@ def test_anything_can_be_registered_in_order_and_private_names_are_left_alone():
     ctx._scratch = torch.ones(3)
     assert list(ctx) == ["zeta", "alpha", "loss_fn"]
     assert "zeta" in ctx and "_scratch" not in ctx
-    assert list(ctx.state_dict()) == ["zeta", "alpha"]
+    assert list(ctx.state_dict()) == ["zeta", "alpha", "_random_state"]
     ctx.to("meta")
     assert ctx._scratch.device.type == "cpu"
     del ctx.zeta

@@ -85,7 +85,7 @@ def test_the_saved_form_is_tensors_ints_floats_and_strings():
     ctx.py.gauss(0, 1)  # fills gauss_next with a float
     state = ctx.state_dict()
     kinds = {type(leaf) for leaf in leaves(state)}
-    assert kinds <= {torch.Tensor, int, float, str, type(None)}, kinds
+    assert kinds <= {torch.Tensor, int, float, str, bool, type(None)}, kinds
     assert state["pcg"]["kind"] == "numpy.random.Generator"
     assert state["legacy"]["state"]["state"]["key"]["ndarray"] == "<u4"
     assert state["py"]["internal"].shape == (625,)

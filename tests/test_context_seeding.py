@@ -14,16 +14,6 @@ from tests.support.jobs import Job, job_args
 LINE = r"{tag} rank=(\d) ([\d. ]+ mask=[02]+)"
 
 
-@pytest.fixture()
-def global_generators():
-    """Put the test process's global generators back as they were."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    yield
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-    torch.set_rng_state(states[2])
-
-
 def expected_first_draws(seed):
     """What the experiment draws first if its run was seeded by hand with ``seed``."""
     spec = importlib.util.spec_from_file_location("context_exp", EXPERIMENT)

@@ -8,14 +8,16 @@
    ``check_state_dict`` last, since what their loading does may not be undoable.
 3. If a load raises anyway, every item loaded so far, and the one that raised, is put
    back from its snapshot, and the error says so.
+4. Last, the global random number generators are put into their saved states (the reserved
+   entry ``randomness.KEY``, checked in step 1 with the items).
 """
 import logging
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import _state
 from ..checkpoint._format import METADATA_KEY
 from ..errors import StateDictError
-from . import precision
+from . import precision, randomness
 
 logger = logging.getLogger("pystematic.torch")
 
@@ -29,11 +31,15 @@ _MISSING_HINT = (
 )
 
 
-def load_items(items: Dict[str, Any], state: Any, strict: bool) -> List[str]:
+def load_items(
+    items: Dict[str, Any], state: Any, strict: bool
+) -> Tuple[List[str], Optional[bool]]:
     """Load ``state`` into ``items`` (name -> item, updated in place) atomically.
 
     Returns:
-        The names in ``state`` that no item took (only when not strict).
+        The names in ``state`` that no item took (only when not strict), and whether the
+        restored generators are per-rank streams (None when ``state`` holds no random
+        state).
 
     Raises:
         StateDictError: ``state`` does not fit, listing every problem; or an item's own
@@ -44,9 +50,13 @@ def load_items(items: Dict[str, Any], state: Any, strict: bool) -> List[str]:
             f"Context.load_state_dict needs a dict from Context.state_dict(), "
             f"got {type(state).__name__}."
         )
-    if METADATA_KEY in state:
-        # A checkpoint file read with torch.load directly: what wrote it, not an item.
-        state = {name: value for name, value in state.items() if name != METADATA_KEY}
+    # Not items: what wrote the file (a checkpoint read with torch.load directly), and the
+    # global generators.
+    random_state = state.get(randomness.KEY)
+    state = {
+        name: value for name, value in state.items()
+        if name not in (METADATA_KEY, randomness.KEY)
+    }  # fmt: skip
     state, may_miss = precision.reconcile(items, state)
     stateful = [name for name, value in items.items() if _state.has_state(value)]
     to_load = [name for name in stateful if name in state]
@@ -63,6 +73,8 @@ def load_items(items: Dict[str, Any], state: Any, strict: bool) -> List[str]:
             )
     for name in to_load:
         _state.check(name, items[name], state[name], strict, problems)
+    if random_state is not None:
+        problems.extend(randomness.problems(random_state))
     if problems:
         raise StateDictError(
             "The state does not fit this Context; nothing was loaded:\n  - "
@@ -70,7 +82,10 @@ def load_items(items: Dict[str, Any], state: Any, strict: bool) -> List[str]:
         )
     to_load.sort(key=lambda name: _state.load_order(items[name]))
     _apply(items, state, to_load, strict)
-    return [name for name in state if name not in items]
+    skipped = [name for name in state if name not in items]
+    if random_state is None:
+        return skipped, None
+    return skipped, randomness.restore(random_state)
 
 
 def _apply(items: Dict[str, Any], state: Mapping, names: List[str], strict: bool) -> None:

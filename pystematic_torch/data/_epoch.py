@@ -43,6 +43,12 @@ class EpochIterator:
         device = loader._device if loader.move_output else None
         if device is None or loader.cache is not None:
             self._next = host.__next__
+        elif device.type == "cuda" and loader._runs_dataset_code_in_process():
+            # The dataset draws from this process's global generators, as the loop does: a
+            # fetch on the prefetch thread would interleave their draws at random.
+            self._next = lambda: move_to_device(
+                device, _prefetch.pin_tree(next(host)), non_blocking=True
+            )
         elif device.type == "cuda":
             self._feeder = _prefetch.cuda_feeder(host, device)
             self._next = self._feeder.__next__

@@ -4,10 +4,12 @@ See ``docs/data.rst`` for the behaviour in full; the short version:
 
 - Order: the epoch's order is a function of (seed, epoch) only, so runs with the same seed
   see the same batches and every rank computes the same permutation.
-- Epochs: an iteration that ends (run to completion, or left early) ends the loader's
-  epoch; the next ``iter()`` starts the next epoch with a new order.
+- Epochs: an epoch ends when its batches run out; a loop left early keeps the loader's
+  place, and the next ``iter()`` continues that epoch (see ``_epoch``).
 - Resume: the loader counts the batches it has *delivered*; a loaded state skips that many
   batches at the index level, so no data is loaded twice or skipped.
+- Randomness: each fetch from the dataset is seeded by its place in the run (see
+  ``_sample_seeds``).
 """
 import logging
 import sys
@@ -24,7 +26,6 @@ from torch.utils.data import (
     default_collate,
 )
 
-from .._session import current_params
 from ..devices import DeviceLike, map_tensors, resolve_device
 from ..distributed import (
     broadcast_from_master,
@@ -33,17 +34,20 @@ from ..distributed import (
     is_distributed,
     is_master,
 )
-from ..errors import DataError, DeviceError, DistributedError, StateDictError
+from ..errors import DeviceError, DistributedError, StateDictError
 from . import _prefetch
 from ._cache import build_cache
 from ._epoch import EpochIterator
+from ._options import check_arguments, resolve_seed
+from ._sample_seeds import SeededFetch, applies_to
 from ._samplers import ResumableIndices, ShardedSampler, mix_seed
 
 __all__ = ["SmartDataLoader"]
 
 logger = logging.getLogger("pystematic.torch.data")
 
-_CACHE_CHOICES = (None, "device")
+# Tags the streams drawn from the loader's seed: 1 for the workers' base seeds, 2 for fetches.
+_WORKER_STREAM, _FETCH_STREAM = 1, 2
 _STATE_KEYS = ("epoch", "position", "seed", "num_processes", "batch_size")
 
 
@@ -62,6 +66,10 @@ class SmartDataLoader(DataLoader):
     - **Distributed.** Inside a ``torch.distributed`` process group, each rank iterates a
       disjoint shard of every epoch (unless a ``sampler`` or ``batch_sampler`` is given).
     - **Resume.** :meth:`state_dict` records the epoch and the batches delivered in it.
+    - **Random augmentations.** Every fetch from a map-style dataset starts from torch,
+      NumPy and Python generators seeded by (seed, epoch, rank, position), so what the
+      dataset draws does not depend on the workers and repeats in a resumed epoch; with
+      ``num_workers=0`` the loop's own generators are put back after each fetch.
     - **Progress.** A tqdm bar on rank 0 shows the epoch, the position and the rate.
 
     Args:
@@ -115,11 +123,11 @@ class SmartDataLoader(DataLoader):
         **dataloader_kwargs: Any,
     ) -> None:
         iterable = isinstance(dataset, IterableDataset)
-        _check_arguments(
+        check_arguments(
             iterable, shuffle, sampler, batch_sampler, cache, random_seed, batch_size,
             dataloader_kwargs,
         )  # fmt: skip
-        seed = _resolve_seed(random_seed)
+        seed = resolve_seed(random_seed)
         own_sampler = None
         if not iterable and sampler is None and batch_sampler is None:
             own_sampler = ShardedSampler(
@@ -146,6 +154,8 @@ class SmartDataLoader(DataLoader):
         self._epoch = 0
         self._position = 0
         self._skip = 0
+        # The epoch's base seed of dataset fetches; None where fetches are not seeded.
+        self._fetch_seed_base: Optional[int] = None
         self._saved_layout: Optional[tuple] = None
         self._active: Optional[weakref.ref] = None
         self._cached: Optional[Any] = None
@@ -325,10 +335,39 @@ class SmartDataLoader(DataLoader):
         if not self._user_generator:
             # Workers' base seeds follow (seed, epoch, rank) instead of the global RNG.
             generator = torch.Generator()
-            generator.manual_seed(mix_seed(self._seed, self._epoch, get_rank(), 1))
+            generator.manual_seed(mix_seed(self._seed, self._epoch, get_rank(), _WORKER_STREAM))
             self.generator = generator
         iterable = isinstance(self.dataset, IterableDataset)
         self._skip = 0 if iterable else self._position
+        self._fetch_seed_base = (
+            mix_seed(self._seed, self._epoch, get_rank(), _FETCH_STREAM)
+            if self._fetches_are_seeded() else None
+        )
+
+    def _fetches_are_seeded(self) -> bool:
+        # The batched gather and the cache read tensors, never call the dataset at random.
+        return (
+            not isinstance(self.dataset, IterableDataset)
+            and self.cache is None
+            and not _fast_gather_applies(self)
+            and applies_to(self.dataset)
+        )
+
+    def _runs_dataset_code_in_process(self) -> bool:
+        """Whether the dataset's own code runs in this process (no workers, no gather)."""
+        return self.num_workers == 0 and self.cache is None and not _fast_gather_applies(self)
+
+    def _get_iterator(self):
+        # DataLoader's iterators (and its workers) take the dataset from the loader here;
+        # with seeded fetches they get the proxy that seeds each fetch (see _sample_seeds).
+        if self._fetch_seed_base is None:
+            return super()._get_iterator()
+        dataset = self.dataset
+        self.__dict__["dataset"] = SeededFetch(dataset)
+        try:
+            return super()._get_iterator()
+        finally:
+            self.__dict__["dataset"] = dataset
 
     def _rescale_position(self) -> None:
         if self._saved_layout is None:
@@ -360,7 +399,7 @@ class SmartDataLoader(DataLoader):
         order is ours, since building a Python list per batch costs more than the gather."""
         batches = self.batch_sampler
         if not (type(batches) is BatchSampler and batches.sampler is self._own_sampler):
-            return iter(self._index_sampler)
+            return self._index_sampler.plain()
         shard, size = self._own_sampler.shard(), batches.batch_size
         end = len(shard) - len(shard) % size if batches.drop_last else len(shard)
         return iter(shard[self._skip * size:end].split(size))
@@ -377,7 +416,8 @@ class SmartDataLoader(DataLoader):
         cached = self._cached
         # One index transfer per epoch: per-batch transfers of pageable host memory would
         # make the host wait for the GPU at every batch.
-        batches = [torch.as_tensor(indices, dtype=torch.long) for indices in self._index_sampler]
+        batches = [torch.as_tensor(indices, dtype=torch.long)
+                   for indices in self._index_sampler.plain()]  # fmt: skip
         if not batches:
             return iter(())
         flat = torch.cat(batches).to(device)
@@ -405,42 +445,6 @@ class SmartDataLoader(DataLoader):
             dynamic_ncols=terminal,
             mininterval=0.1 if terminal else 60.0,
         )
-
-
-def _check_arguments(iterable, shuffle, sampler, batch_sampler, cache, seed, batch_size, kwargs):
-    problems = []
-    if shuffle and iterable:
-        problems.append(
-            "shuffle=True cannot reorder an IterableDataset; shuffle inside the dataset's "
-            "__iter__ or use a map-style Dataset"
-        )
-    if shuffle and (sampler is not None or batch_sampler is not None):
-        problems.append(
-            "shuffle=True cannot be combined with a sampler or batch_sampler, which already "
-            "set the order; drop shuffle or the sampler"
-        )
-    if cache not in _CACHE_CHOICES:
-        problems.append(f"cache={cache!r} is not allowed; use None or 'device'")
-    elif cache is not None:
-        if iterable:
-            problems.append("cache='device' needs a map-style dataset, not an IterableDataset")
-        if batch_size is None and batch_sampler is None:
-            problems.append("cache='device' needs batching; give a batch_size")
-        if kwargs.get("collate_fn") not in (None, default_collate):
-            problems.append("cache='device' needs the default collate_fn")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        problems.append(f"random_seed={seed!r} is not an int")
-    if problems:
-        raise DataError("SmartDataLoader: " + "; ".join(problems) + ".")
-
-
-def _resolve_seed(random_seed: Optional[int]) -> int:
-    if random_seed is not None:
-        return int(random_seed)
-    params = current_params()
-    if params is not None and params.get("random_seed") is not None:
-        return int(params["random_seed"])
-    return int(torch.empty((), dtype=torch.int64).random_().item())
 
 
 def _fast_gather_applies(loader: SmartDataLoader) -> bool:

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ..distributed import get_num_processes, get_rank
+from ._sample_seeds import SeededBatch, SeededIndex
 
 _MASK64 = (1 << 64) - 1
 
@@ -111,8 +112,12 @@ class ResumableIndices:
     """A loader's index sampler, starting after the loader's ``_skip`` entries.
 
     One instance lives as long as its loader: a loader with persistent workers keeps the
-    index sampler it saw first, so the skip is read from the loader each time an iteration
-    starts rather than fixed at construction.
+    index sampler it saw first, so the skip (and the epoch's base seed of the fetches) is
+    read from the loader each time an iteration starts rather than fixed at construction.
+
+    Iterated by DataLoader's own iterators it wraps every entry with the seed of its fetch
+    when the loader's ``_fetch_seed_base`` is set (see ``_sample_seeds``); :meth:`plain`
+    gives the bare indices, for the loader's own gathering paths.
     """
 
     def __init__(self, loader: Callable[[], Any]) -> None:
@@ -125,9 +130,37 @@ class ResumableIndices:
         return loader.batch_sampler if loader._auto_collation else loader.sampler
 
     def __iter__(self) -> Iterator[Any]:
+        loader = self._loader()
+        base = loader._fetch_seed_base
+        if base is None:
+            return self.plain()
+        return with_seeds(iter(self._base()), base, loader._skip, loader._auto_collation)
+
+    def plain(self) -> Iterator[Any]:
         skip = self._loader()._skip
         indices = iter(self._base())
         return itertools.islice(indices, skip, None) if skip else indices
 
     def __len__(self) -> int:
         return len(self._base())
+
+
+_END = object()
+
+
+def with_seeds(indices: Iterator[Any], base: int, skip: int, batched: bool) -> Iterator[Any]:
+    """``indices`` after the first ``skip`` entries, each wrapped with its fetch's seed.
+
+    The seed of an entry is ``mix_seed(base, position)``, its first sample's position in the
+    epoch; the skipped entries count, so a resumed epoch seeds like an uninterrupted one.
+    """
+    position = 0
+    for _ in range(skip):
+        skipped = next(indices, _END)
+        if skipped is _END:
+            return
+        position += len(skipped) if batched else 1
+    wrap = SeededBatch if batched else SeededIndex
+    for entry in indices:
+        yield wrap(entry, mix_seed(base, position))
+        position += len(entry) if batched else 1

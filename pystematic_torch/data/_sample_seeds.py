@@ -18,7 +18,10 @@ about 10 us (benchmarks/README.md), more than reading a sample of an in-memory d
 
 With ``num_workers=0`` the fetch runs in the training process; its own generators (dropout,
 everything the loop draws) are saved before and put back after, so the loop's stream is the
-same whichever number of workers fetched the data.
+same whichever number of workers fetched the data. That costs about 150 us a fetch (NumPy's
+state is slow to read and write), as much as reading a batch of an in-memory dataset, so the
+first fetch of each pass also finds out whether the dataset draws from these generators at
+all: when it does not, the pass's other fetches run as they are.
 """
 import random
 import sys
@@ -72,6 +75,13 @@ def seed_globals(seed: int) -> None:
     numpy.random.seed((seed >> 31) & _MASK32)
 
 
+def _generator_states() -> tuple:
+    """The three global generators' states, in a form ``==`` compares."""
+    kind, keys, position, has_gauss, cached = numpy.random.get_state()
+    return (bytes(torch.default_generator.get_state().numpy()), random.getstate(),
+            (kind, keys.tobytes(), position, has_gauss, cached))  # fmt: skip
+
+
 class _MainProcessStreamsKept:
     """Around a fetch in the training process: put its own generators back afterwards."""
 
@@ -102,6 +112,8 @@ class SeededFetch:
 
     def __init__(self, dataset: Any) -> None:
         object.__setattr__(self, "_dataset", dataset)
+        # In the training process: whether a fetch draws random numbers (None: not known yet).
+        object.__setattr__(self, "_draws", None)
 
     def __getattr__(self, name: str) -> Any:
         if name == "_dataset" or name.startswith("__"):
@@ -118,16 +130,27 @@ class SeededFetch:
     def __getitem__(self, item: Any) -> Any:
         if type(item) is not SeededIndex:
             return self._dataset[item]
-        with _MainProcessStreamsKept():
-            seed_globals(item.seed)
-            return self._dataset[item.indices]
+        return self._seeded(item.seed, self._dataset.__getitem__, item.indices)
 
     def __getitems__(self, batch: Any) -> List[Any]:
         if type(batch) is not SeededBatch:
             return self._fetch(batch)
+        return self._seeded(batch.seed, self._fetch, batch.indices)
+
+    def _seeded(self, seed: int, fetch, what: Any) -> Any:
+        if get_worker_info() is not None:
+            seed_globals(seed)
+            return fetch(what)
+        if self._draws is False:
+            return fetch(what)
         with _MainProcessStreamsKept():
-            seed_globals(batch.seed)
-            return self._fetch(batch.indices)
+            seed_globals(seed)
+            if self._draws:
+                return fetch(what)
+            before = _generator_states()
+            result = fetch(what)
+            object.__setattr__(self, "_draws", _generator_states() != before)
+            return result
 
     def _fetch(self, indices: Any) -> List[Any]:
         dataset = self._dataset

@@ -211,3 +211,37 @@ def test_randomness_in_collate_fn_repeats_in_a_resumed_epoch(workers):
     resumed.loader = loader(**options)
     resumed.load_state_dict(state)
     assert torch.equal(torch.cat(head + list(resumed.loader)), reference)
+
+
+class Plain(Dataset):
+    """Reads samples; draws no random numbers."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, index):
+        return torch.tensor([float(index)])
+
+
+@pytest.mark.parametrize("dataset, saved_per_pass", [(Plain(), 1), (Augmented(12), 6)])
+def test_in_process_the_loops_generators_are_kept_only_around_fetches_that_draw(
+    monkeypatch, dataset, saved_per_pass
+):
+    kept = []
+    original = _sample_seeds._MainProcessStreamsKept.__enter__
+
+    def counting(self):
+        kept.append(1)
+        return original(self)
+
+    monkeypatch.setattr(_sample_seeds._MainProcessStreamsKept, "__enter__", counting)
+    loader = SmartDataLoader(dataset, batch_size=2, shuffle=True, random_seed=3,
+                             loading_bar=False)  # fmt: skip
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    for _ in range(2):
+        assert len([batch for batch in loader]) == 6
+    # One pass finds out whether the dataset draws; either way the loop's stream is untouched.
+    assert len(kept) == 2 * saved_per_pass
+    assert torch.equal(torch.rand(3), expected)

@@ -72,6 +72,9 @@ def checkpoints(run):
 def load_state(path):
     state = torch.load(path, weights_only=True)
     state.pop(METADATA_KEY)  # when and by which command it was saved
+    # Where the recorder writes is not training state: the runs compared write to different
+    # directories by design.
+    state.get("recorder", {}).pop("output_dir", None)
     return state
 
 

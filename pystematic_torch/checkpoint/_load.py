@@ -92,7 +92,10 @@ def _shape_parameters_changed(saved: Any, state: Any) -> List[tuple]:
         if new == old:
             continue
         if sizes is None:
-            sizes = {size for tensor in iter_tensors(state) for size in tensor.shape}
+            # Top-level names with a leading "_" are reserved entries (what wrote the file,
+            # the generators' states), not items a parameter could have shaped.
+            items = {key: value for key, value in state.items() if not str(key).startswith("_")}
+            sizes = {size for tensor in iter_tensors(items) for size in tensor.shape}
         if old in sizes:
             changed.append((name, old, new))
     return changed

@@ -65,6 +65,11 @@ def test_other_parameter_changes_do_not_warn(tmp_path, run_experiment, warnings)
                       w=torch.zeros(3, 4))  # fmt: skip
     run_experiment(lambda params: pt.load_checkpoint(path), hidden=20)
     assert warnings == []
+    # The generators' states are no item a parameter shapes (torch's CPU state has 5056 bytes).
+    path = written_by(tmp_path / "d.pt", params={"hidden": 5056}, w=torch.zeros(3, 4),
+                      _random_state={"torch": torch.zeros(5056, dtype=torch.uint8)})  # fmt: skip
+    run_experiment(lambda params: pt.load_checkpoint(path), hidden=20)
+    assert warnings == []
 
 
 def test_a_different_world_size_is_warned_about(tmp_path, run_experiment, warnings):

@@ -167,7 +167,8 @@ def test_a_checkpoint_in_the_middle_of_a_cycle_resumes_with_a_new_cycle():
     assert accumulate(ctx, model, ctx.optimizer, batches(2, 8, seed=5)) == [False, False]
     state = ctx.state_dict()
     assert all(param.grad is not None for param in model.parameters())
-    assert set(state) == {"model", "optimizer", "_random_state"}  # the gathered gradients are not in it
+    # the gathered gradients are not in it
+    assert set(state) == {"model", "optimizer", "_random_state"}
 
     resumed = Context().accumulate(4)
     resumed.model, reference = twins(seed=8)

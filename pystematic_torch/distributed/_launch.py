@@ -41,6 +41,9 @@ class RankInfo:
     started_by_launcher: bool = False  # a rank our own launch started
     restart: int = 0  # torchrun's restart count
     machines: int = 1
+    # Names the job where a launcher does (a SLURM job step): a rank that reaches another
+    # job's rendezvous, because two jobs share a port, is refused instead of joining it.
+    job: Optional[str] = None
 
 
 def resolve_ranks(params: Mapping, environ: Mapping[str, str], started: bool) -> RankInfo:
@@ -131,7 +134,10 @@ def _from_slurm(params: Mapping, environ: Mapping[str, str]) -> RankInfo:
     if port is None:
         port = slurm_default_port(environ)
     machines = int(environ.get("SLURM_STEP_NUM_NODES") or environ.get("SLURM_NNODES") or 1)
-    return RankInfo(rank, local_rank, world_size, address, port, "slurm", machines=machines)
+    job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
+    job = None if job_id is None else f"SLURM job {job_id} step {environ.get('SLURM_STEP_ID')}"
+    return RankInfo(rank, local_rank, world_size, address, port, "slurm", machines=machines,
+                    job=job)  # fmt: skip
 
 
 def slurm_default_port(environ: Mapping[str, str]) -> int:

@@ -30,6 +30,7 @@ _POLL_SECONDS = 0.05
 # attempt never reads the addresses or the failure of the one before.
 _LASTING = "pystematic_torch/"
 _FAILED = "failed"
+_JOB = f"{_LASTING}job"
 _RUN = "run"
 
 
@@ -56,6 +57,8 @@ class Rendezvous:
             info.master_addr, port, None, True, datetime.timedelta(seconds=timeout),
             wait_for_workers=False, master_listen_fd=listener.detach(),
         )  # fmt: skip
+        if info.job is not None:
+            store.set(_JOB, info.job)
         logger.debug("Rendezvous store listening on %s:%d.", info.master_addr, port)
         return cls(store, info, port)
 
@@ -77,6 +80,8 @@ class Rendezvous:
                 f"{info.master_port} within {timeout:.0f} s ({_first_line(error)}); check "
                 "--master_addr and --master_port, and that rank 0 has started."
             ) from None
+        if info.job is not None:
+            _check_same_job(store, info, timeout)
         return cls(store, info, info.master_port)
 
     # -- what rank 0 tells the others before the process group exists --------------------
@@ -165,6 +170,21 @@ class Rendezvous:
                     "--distributed_timeout."
                 )
             time.sleep(_POLL_SECONDS)
+
+
+def _check_same_job(store: "dist.Store", info: RankInfo, timeout: float) -> None:
+    # Rank 0 names its job as soon as its store listens; a store that names no job within
+    # a few seconds, or another one, is not this job's.
+    deadline = time.monotonic() + min(timeout, 10.0)
+    while not store.check([_JOB]) and time.monotonic() < deadline:
+        time.sleep(_POLL_SECONDS)
+    found = store.get(_JOB).decode(errors="replace") if store.check([_JOB]) else None
+    if found != info.job:
+        raise LaunchError(
+            f"Rank {info.rank} of {info.job} reached a rendezvous at {info.master_addr}:"
+            f"{info.master_port} that belongs to {found or 'another job'}: two jobs use this "
+            "port on that machine. Pass --master_port with a port no other job there uses."
+        )
 
 
 def _listen(address: str, port: int, machines: int) -> socket.socket:

@@ -1,9 +1,13 @@
 """Rank resolution and launch checks that need no processes."""
+import dataclasses
+import time
+
 import pytest
 import torch
 
 from pystematic_torch import LaunchError
 from pystematic_torch.distributed import _launch as launch
+from pystematic_torch.distributed._rendezvous import Rendezvous
 
 PARAMS = {"nproc_per_node": 4, "nnodes": 2, "node_rank": 1, "master_addr": "node0.example",
           "master_port": None, "local_rank": 0}  # fmt: skip
@@ -54,6 +58,28 @@ def test_srun_steps_take_ranks_the_first_node_and_a_port_from_the_job_id():
         launch.resolve_ranks(PARAMS, {**SRUN, "SLURM_PROCID": "8"}, False)
     assert launch.first_host("node17") == "node17"
     assert launch.first_host("a[1-2],b") == "a1"
+
+
+def test_a_rank_that_reaches_another_slurm_jobs_rendezvous_is_refused_at_once():
+    # Two jobs whose ports collide on a shared first node: rank 1 of the second job must
+    # not join the first job's store (it would hang in the first job's process group).
+    first = launch.resolve_ranks(PARAMS, {**SRUN, "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                                          "SLURM_STEP_ID": "0", "MASTER_ADDR": "127.0.0.1",
+                                          "SLURM_STEP_NUM_TASKS": "2"}, False)  # fmt: skip
+    first = dataclasses.replace(first, master_port=0)
+    host = Rendezvous.host(first, timeout=30)
+    own = dataclasses.replace(first, rank=1, local_rank=1, master_port=host.port)
+    Rendezvous.connect(own, timeout=30)  # the same job joins
+    other = dataclasses.replace(own, job="SLURM job 123457 step 0")
+    started = time.monotonic()
+    with pytest.raises(LaunchError) as refused:
+        Rendezvous.connect(other, timeout=30)
+    assert time.monotonic() - started < 5
+    assert str(refused.value) == (
+        f"Rank 1 of SLURM job 123457 step 0 reached a rendezvous at 127.0.0.1:{host.port} that "
+        "belongs to SLURM job 123456 step 0: two jobs use this port on that machine. Pass "
+        "--master_port with a port no other job there uses."
+    )
 
 
 def test_an_sbatch_scripts_own_step_is_not_mistaken_for_srun_tasks():

@@ -2,10 +2,11 @@
 
 ``Cluster.start`` writes a ``slurm.conf`` for this host into a directory of its own, starts
 munged (when no munge daemon answers), slurmctld and slurmd, and waits until the node is
-idle; ``stop`` ends what it started. Every command the tests run gets ``SLURM_CONF``
-pointing at that file, so the cluster never touches a system-wide configuration. The
-daemons need root (``SlurmUser=root``); without it, or without the packages, the tests
-that need the cluster are skipped.
+idle; ``stop`` ends its slurmctld and slurmd. munged, the machine's one authentication
+daemon, is left running: another copy of the suite may be using it. Every command the
+tests run gets ``SLURM_CONF`` pointing at that file, so the cluster never touches a
+system-wide configuration. The daemons need root (``SlurmUser=root``); without it, or
+without the packages, the tests that need the cluster are skipped.
 """
 import os
 import pathlib
@@ -52,7 +53,6 @@ class Cluster:
         self.conf = directory / "slurm.conf"
         self.env: Dict[str, str] = {**os.environ, "SLURM_CONF": str(self.conf),
                                     "PATH": _SEARCH_PATH}  # fmt: skip
-        self._started_munge = False
 
     def start(self) -> "Cluster":
         for name in ("state", "spool", "log"):
@@ -60,7 +60,7 @@ class Cluster:
         controller_port, node_port = _ports(2)
         self.conf.write_text(_CONF.format(
             host=self.host, dir=self.directory, controller_port=controller_port,
-            node_port=node_port, cpus=os.cpu_count() or 1,
+            node_port=node_port, cpus=os.cpu_count() or 1, first_job_id=_first_job_id(),
         ))  # fmt: skip
         self._start_munge()
         for daemon in ("slurmctld", "slurmd"):
@@ -73,22 +73,28 @@ class Cluster:
                        capture_output=True)  # fmt: skip
         for pid_file in ("slurmd.pid", "slurmctld.pid"):
             self._kill_from(self.directory / pid_file)
-        if self._started_munge:
-            self._kill_from(pathlib.Path("/run/munge/munged.pid"))
 
     def run(self, args, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(args, env=self.env, capture_output=True, text=True,
                               timeout=timeout, **kwargs)  # fmt: skip
 
-    def _start_munge(self) -> None:
-        if subprocess.run(["munge", "-n"], capture_output=True).returncode == 0:
+    @staticmethod
+    def _start_munge() -> None:
+        # munged is the machine's one authentication daemon, shared by every cluster on it
+        # (another copy of the suite may be using it right now), so it is started when
+        # none answers and left running, like the system service it is; .ci/run stops it.
+        if _munge_answers():
             return
         run_dir = pathlib.Path("/run/munge")
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.chown(run_dir, "munge", "munge")
-        subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", shutil.which("munged",
-                        path=_SEARCH_PATH)], check=True, timeout=30)  # fmt: skip
-        self._started_munge = True
+        started = subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", shutil.which(
+            "munged", path=_SEARCH_PATH)], capture_output=True, text=True, timeout=30)  # fmt: skip
+        deadline = time.monotonic() + 15
+        while not _munge_answers():  # a copy started at the same time may have won
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"munged did not start: {started.stderr.strip()}")
+            time.sleep(0.2)
 
     def _wait_until_idle(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -118,8 +124,20 @@ class Cluster:
             time.sleep(0.1)
 
 
+def _first_job_id() -> int:
+    # The default rendezvous port under SLURM comes from the job id. A real cluster never
+    # gives two jobs one id, but two copies of the suite run two clusters on this machine,
+    # each counting from its FirstJobId: each starts its own block of ten ids.
+    return 1 + (os.getpid() % 2000) * 10
+
+
+def _munge_answers() -> bool:
+    return subprocess.run(["munge", "-n"], capture_output=True).returncode == 0
+
+
 _CONF = """\
 ClusterName=pystematic-torch-tests
+FirstJobId={first_job_id}
 SlurmctldHost={host}
 AuthType=auth/munge
 CredType=cred/munge

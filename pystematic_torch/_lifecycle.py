@@ -94,6 +94,8 @@ def teardown(error: Optional[BaseException]) -> None:
     from .distributed import _job, _preemption
 
     _teardown_error = None
+    if error is not None:
+        _drop_torch_frames(error)
     if threading.current_thread() is threading.main_thread():
         # pystematic kills leftover children next, DataLoader workers among them; torch's
         # SIGCHLD handler would report each as a failure of the run.
@@ -115,6 +117,38 @@ def teardown(error: Optional[BaseException]) -> None:
         _teardown_error = _teardown_error or failure
     _preemption.uninstall()
     _job.finish(error)
+
+
+def _drop_torch_frames(error: BaseException) -> None:
+    """Leave torch's own frames out of the tracebacks of ``error`` and what it chains to.
+
+    pystematic logs a failed run's traceback with every frame's local variables, and the
+    repr of a torch storage lists each element: a disk that fills up during ``torch.save``
+    (whose frames hold the storages being written) kept the process printing for many
+    minutes instead of ending. The frames of the user's code and of this library stay.
+    """
+    import types
+
+    import torch
+
+    torch_dir = os.path.dirname(torch.__file__) + os.sep
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        kept = []
+        entry = current.__traceback__
+        while entry is not None:
+            if not entry.tb_frame.f_code.co_filename.startswith(torch_dir):
+                kept.append(entry)
+            entry = entry.tb_next
+        rebuilt = None
+        for entry in reversed(kept):
+            rebuilt = types.TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+        current.__traceback__ = rebuilt
+        pending += [current.__cause__, current.__context__]
 
 
 def end_failed_job(error: Optional[BaseException]) -> None:

@@ -21,6 +21,7 @@ import torch
 from tests.support.jobs import Job, assert_all_gone, family, job_args
 
 JOB = pathlib.Path(__file__).parent / "jobs" / "record.py"
+SAVE_FAILS = pathlib.Path(__file__).parent / "jobs" / "save_fails.py"
 DISTRIBUTED = ("--distributed", "--nproc_per_node", "2")
 SECONDS_TO_EXIT = 45
 
@@ -216,3 +217,21 @@ def test_sigkill_right_after_a_checkpoint_loses_nothing_recorded_before_it(tmp_p
         assert set(saved) <= set(reader(directory)), reader.__name__  # and the files open
     assert set(saved) <= set(writer_rows(directory, 0, 1))
     assert torch.load(directory / "checkpoint-10.pt", weights_only=True)["step"] == 10
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_save_that_fails_half_way_ends_the_run_in_seconds(tmp_path, ranks):
+    # pystematic logs a failed run's traceback with each frame's locals; with torch.save's
+    # frames in it, listing an 80 MB storage element by element took many minutes.
+    args = DISTRIBUTED if ranks == 2 else ()
+    job = Job(job_args(*args, script=SAVE_FAILS, output=tmp_path), tmp_path)
+    processes = family(job)
+    code, seconds = job.finish(timeout=SECONDS_TO_EXIT + 30)
+    assert code == 1, job.output
+    assert seconds < SECONDS_TO_EXIT, job.output
+    assert "OSError: No space left on device (simulated)" in job.output
+    assert_all_gone(processes)
+    (directory,) = (tmp_path / "save-fails").iterdir()
+    assert json.loads((directory / "run.json").read_text())["status"] == "failed"
+    assert "No space left on device (simulated)" in (directory / "log.txt").read_text()

@@ -41,6 +41,7 @@ from ._epoch import EpochIterator
 from ._options import check_arguments, resolve_seed
 from ._sample_seeds import SeededFetch, applies_to
 from ._samplers import ResumableIndices, ShardedSampler, mix_seed
+from ._workers import WorkerStart
 
 __all__ = ["SmartDataLoader"]
 
@@ -71,6 +72,8 @@ class SmartDataLoader(DataLoader):
       dataset draws does not depend on the workers and repeats in a resumed epoch; with
       ``num_workers=0`` the loop's own generators are put back after each fetch.
     - **Progress.** A tqdm bar on rank 0 shows the epoch, the position and the rate.
+    - **Preemption.** Worker processes ignore SIGTERM and SIGUSR1, which a scheduler sends
+      to every process of a job: the training process stops them when it stops.
 
     Args:
         dataset: A map-style or iterable dataset.
@@ -133,6 +136,7 @@ class SmartDataLoader(DataLoader):
             own_sampler = ShardedSampler(
                 dataset, shuffle, seed, even_shards, bool(dataloader_kwargs.get("drop_last"))
             )
+        dataloader_kwargs["worker_init_fn"] = WorkerStart(dataloader_kwargs.get("worker_init_fn"))
         super().__init__(
             dataset,
             batch_size=batch_size,

@@ -9,6 +9,7 @@ tracebacks were printed.
 """
 import csv
 import json
+import os
 import pathlib
 import re
 import signal
@@ -114,6 +115,28 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path, ranks):
     assert state["loader"]["epoch"] * 16 // ranks + state["loader"]["position"] == steps_taken
     if ranks == 2:
         assert printed_steps(job, 0) == printed_steps(job, 1)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sigterm_to_every_process_of_the_job_preempts_too(tmp_path, ranks):
+    # What SLURM's scancel --signal=TERM and its time limit do: the DataLoader workers get
+    # the signal as well, and a killed worker used to fail the run before the ranks agreed
+    # where to stop.
+    extra = DISTRIBUTED if ranks == 2 else ()
+    job = Job(job_args(*extra, "--dataset", "samples", script=JOB, output=tmp_path), tmp_path,
+              own_process_group=True)  # fmt: skip
+    job.wait_for(r"STEP rank=0 step=5")
+    processes = family(job)
+    assert len(processes) >= 2 * ranks  # each rank's worker is there to be signalled
+    os.killpg(job.process.pid, signal.SIGTERM)
+    code = end_of(job, processes)
+    assert code == 143, job.output
+    assert "Preempted by SIGTERM" in job.output and "Traceback" not in job.output
+    directory = run_dir(tmp_path)
+    assert_recorded(directory, printed_steps(job, 0), ranks, job)
+    state = torch.load(directory / "checkpoint-preempted.pt", weights_only=True)
+    assert state["recorder"]["count"] == len(printed_steps(job, 0))
 
 
 @pytest.mark.timeout(240)

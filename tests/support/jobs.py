@@ -17,11 +17,11 @@ import psutil
 class Job:
     """A command running in the background whose output lines are collected as they come."""
 
-    def __init__(self, args, cwd, env=None):
+    def __init__(self, args, cwd, env=None, own_process_group=False):
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             args, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            stderr=subprocess.STDOUT, text=True, start_new_session=own_process_group,
         )  # fmt: skip
         self.lines = []
         self._reader = threading.Thread(target=self._read, daemon=True)

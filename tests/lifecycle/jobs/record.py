@@ -9,7 +9,8 @@ row to a per-rank HDF5Writer. After a step's values are handed over it prints
 signal it there, whatever the machine's speed). --event raise: rank --fail-rank raises at
 step --at. --event teardown: a recorder backend
 fails when it is closed. --checkpoint-every N saves the Context every N steps and prints
-``SAVED step=S``.
+``SAVED step=S``. --dataset samples: a map-style dataset, whose samples the DataLoader
+workers fetch (a TensorDataset is gathered in the training process).
 """
 import os
 import time
@@ -36,6 +37,21 @@ def wait_for_a_stop_signal(seconds=60):
         time.sleep(0.01)
 
 
+class Samples(torch.utils.data.Dataset):
+    """A map-style dataset: unlike a TensorDataset, which the loader gathers itself, its
+    samples are fetched by the DataLoader's worker processes."""
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(self.tensors)
+
+    def __getitem__(self, index):
+        return self.tensors[index]
+
+
+@pystematic.parameter(name="dataset", type=str, default="tensors")
 @pystematic.parameter(name="event", type=str, default="none")
 @pystematic.parameter(name="fail_rank", type=int, default=0)
 @pystematic.parameter(name="at", type=int, default=5)
@@ -54,6 +70,8 @@ def record_job(params):
     ctx.model = nn.Linear(4, 1)
     ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.01)
     data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    if params["dataset"] == "samples":
+        data = Samples(data)  # fetched sample by sample, in the worker process
     ctx.loader = pt.SmartDataLoader(data, batch_size=4, shuffle=True, loading_bar=False,
                                     num_workers=1, persistent_workers=True)  # fmt: skip
     ctx.autotransform()

@@ -72,8 +72,9 @@ class SmartDataLoader(DataLoader):
       dataset draws does not depend on the workers and repeats in a resumed epoch; with
       ``num_workers=0`` the loop's own generators are put back after each fetch.
     - **Progress.** A tqdm bar on rank 0 shows the epoch, the position and the rate.
-    - **Preemption.** Worker processes ignore SIGTERM and SIGUSR1, which a scheduler sends
-      to every process of a job: the training process stops them when it stops.
+    - **Preemption.** Worker processes ignore SIGUSR1, and SIGTERM from anyone but the
+      training process (Linux): a scheduler signals every process of a job, and the
+      training process stops them when it stops.
 
     Args:
         dataset: A map-style or iterable dataset.

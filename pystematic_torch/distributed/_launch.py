@@ -134,7 +134,7 @@ def _from_slurm(params: Mapping, environ: Mapping[str, str]) -> RankInfo:
     if port is None:
         port = slurm_default_port(environ)
     machines = int(environ.get("SLURM_STEP_NUM_NODES") or environ.get("SLURM_NNODES") or 1)
-    job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
+    job_id = _slurm_job_id(environ)
     job = None if job_id is None else f"SLURM job {job_id} step {environ.get('SLURM_STEP_ID')}"
     return RankInfo(rank, local_rank, world_size, address, port, "slurm", machines=machines,
                     job=job)  # fmt: skip
@@ -142,10 +142,14 @@ def _from_slurm(params: Mapping, environ: Mapping[str, str]) -> RankInfo:
 
 def slurm_default_port(environ: Mapping[str, str]) -> int:
     """A port for this SLURM job: jobs that share a node get different ones."""
-    job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
+    job_id = _slurm_job_id(environ)
     if job_id is None or not job_id.isdigit():
         return DEFAULT_MULTI_NODE_PORT
     return _SLURM_PORT_BASE + int(job_id) % _SLURM_PORT_SPAN
+
+
+def _slurm_job_id(environ: Mapping[str, str]) -> Optional[str]:
+    return environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
 
 
 def first_host(nodelist: str) -> str:

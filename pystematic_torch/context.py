@@ -15,6 +15,7 @@ from . import _seeding, _session, _state
 from ._context import guards, loading, randomness
 from ._context import precision as _precision
 from ._context.moves import leaves, map_leaves, move, require_cuda
+from ._context.registry import ItemRegistry
 from ._context.steps import Steps
 from .checkpoint import ContextState, load_checkpoint
 from .devices import DeviceLike, resolve_device
@@ -63,7 +64,7 @@ class Context:
     """
 
     def __init__(self, precision: Optional[Union[str, int]] = None) -> None:
-        object.__setattr__(self, "_items", {})
+        object.__setattr__(self, "_items", ItemRegistry(self))
         object.__setattr__(self, "_device", torch.device("cpu"))
         object.__setattr__(self, "_guard", guards.Guard())
         # Checkpoint entries a non-strict load found no item for; registering one later warns.
@@ -99,6 +100,7 @@ class Context:
         self._guard.watch(name, value)
 
     def __getattr__(self, name: str) -> Any:
+        # Items are attributes already (see ItemRegistry): this runs only for the unknown.
         items = self.__dict__.get("_items", {})
         if name in items:
             return items[name]

@@ -75,6 +75,35 @@ def test_anything_can_be_registered_in_order_and_private_names_are_left_alone():
     assert list(ctx) == ["alpha", "loss_fn"]
 
 
+def test_an_attribute_is_always_the_registered_item_and_a_dropped_context_is_freed_at_once():
+    import gc
+    import weakref
+
+    ctx = Context()
+    ctx.tensor = torch.zeros(2)
+    ctx.count = 1
+    ctx.count = 2
+    assert ctx.count == 2 and ctx.state_dict()["count"] == 2
+    ctx.load_state_dict({**ctx.state_dict(), "count": 5})  # plain values are replaced
+    assert ctx.count == 5
+    ctx.to("meta")  # replaces the tensor with a new object
+    assert ctx.tensor is ctx._items["tensor"] and ctx.tensor.device.type == "meta"
+    del ctx.count
+    with pytest.raises(AttributeError, match="no item 'count'"):
+        _ = ctx.count
+    with pytest.raises(TypeError, match="assigning or deleting its attributes"):
+        ctx._items.update(count=3)
+    assert "count" not in vars(ctx)
+
+    gc.disable()  # freed by reference counting alone: no cycle keeps a Context's models alive
+    try:
+        dropped = weakref.ref(ctx)
+        del ctx
+        assert dropped() is None
+    finally:
+        gc.enable()
+
+
 def test_registry_errors_name_the_problem():
     ctx = Context()
     ctx.model = nn.Linear(2, 2)

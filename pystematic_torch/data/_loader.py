@@ -14,7 +14,7 @@ See ``docs/data.rst`` for the behaviour in full; the short version:
 import logging
 import sys
 import weakref
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 import torch
 from torch.utils.data import (
@@ -35,7 +35,7 @@ from ..distributed import (
     is_master,
 )
 from ..errors import DeviceError, DistributedError, StateDictError
-from . import _prefetch
+from . import _gather
 from ._cache import build_cache
 from ._epoch import EpochIterator
 from ._options import check_arguments, resolve_seed
@@ -395,19 +395,23 @@ class SmartDataLoader(DataLoader):
         if self.cache is not None:
             return self._cached_batches()
         if _fast_gather_applies(self):
-            pin = self._delivers_to_cuda()
-            return _prefetch.gather_rows(self.dataset.tensors, self._index_batches(), pin)
+            tensors, pin = self.dataset.tensors, self._delivers_to_cuda()
+            run = self._index_run()
+            if run is not None and not pin and all(t.device.type == "cpu" for t in tensors):
+                return _gather.gather_blocks(tensors, *run)
+            batches = self._index_sampler.plain() if run is None else iter(run[0].split(run[1]))
+            return _gather.gather_rows(tensors, batches, pin)
         return super().__iter__()
 
-    def _index_batches(self) -> Iterator[Any]:
-        """The epoch's batches of indices from the skip on: slices of one tensor when the
-        order is ours, since building a Python list per batch costs more than the gather."""
+    def _index_run(self) -> Optional[Tuple[torch.Tensor, int]]:
+        """The epoch's indices from the skip on, as one tensor, and the batch size, when the
+        order is ours: building a Python list per batch costs more than the gather."""
         batches = self.batch_sampler
         if not (type(batches) is BatchSampler and batches.sampler is self._own_sampler):
-            return self._index_sampler.plain()
+            return None
         shard, size = self._own_sampler.shard(), batches.batch_size
         end = len(shard) - len(shard) % size if batches.drop_last else len(shard)
-        return iter(shard[self._skip * size:end].split(size))
+        return shard[self._skip * size:end], size
 
     def _delivers_to_cuda(self) -> bool:
         return self.move_output and self._device is not None and self._device.type == "cuda"
@@ -440,7 +444,9 @@ class SmartDataLoader(DataLoader):
             total = None
         stream = sys.stderr
         terminal = bool(getattr(stream, "isatty", lambda: False)())
-        # Outside a terminal every refresh is a new line in a log file: refresh rarely.
+        # Outside a terminal every refresh is a new line in a log file: a line a minute, and
+        # none for an epoch that ends sooner (whose start and end lines cost more than a
+        # small model's epoch spends on its batches).
         return tqdm(
             total=total,
             initial=start,
@@ -449,6 +455,7 @@ class SmartDataLoader(DataLoader):
             file=stream,
             dynamic_ncols=terminal,
             mininterval=0.1 if terminal else 60.0,
+            delay=0.0 if terminal else 60.0,
         )
 
 

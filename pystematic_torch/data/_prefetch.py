@@ -8,47 +8,13 @@ for the copy's event instead of the host waiting for it.
 import contextlib
 import queue
 import threading
-from typing import Any, Callable, ContextManager, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import torch
 
 from ..devices import iter_tensors, map_tensors, move_to_device
 
 _ITEM, _END, _ERROR = "item", "end", "error"
-
-
-def gather_rows(
-    tensors: Sequence[torch.Tensor], batches: Iterable[Sequence[int]], pin: bool
-) -> Iterator[List[torch.Tensor]]:
-    """Yield ``[t[indices] for t in tensors]`` for each batch of indices, one copy per tensor.
-
-    Gives the same values, dtypes and list type as DataLoader's per-sample indexing followed
-    by ``default_collate``, without creating one view per sample. With ``pin`` the rows of a
-    CPU tensor are gathered straight into page-locked memory (from torch's caching host
-    allocator, which keeps a block until the copies reading it have finished), ready for an
-    asynchronous copy to the GPU.
-    """
-    if not pin and all(tensor.device.type == "cpu" for tensor in tensors):
-        for indices in batches:
-            index = indices
-            if type(index) is not torch.Tensor:
-                index = torch.as_tensor(indices, dtype=torch.long)
-            yield [tensor.index_select(0, index) for tensor in tensors]
-        return
-    for indices in batches:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        batch = []
-        for tensor in tensors:
-            if tensor.device.type != "cpu":
-                batch.append(tensor.index_select(0, index.to(tensor.device)))
-            elif pin:
-                rows = torch.empty(
-                    (len(index), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True
-                )
-                batch.append(torch.index_select(tensor, 0, index, out=rows))
-            else:
-                batch.append(tensor.index_select(0, index))
-        yield batch
 
 
 class BackgroundFeeder:

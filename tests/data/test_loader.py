@@ -1,6 +1,7 @@
 """SmartDataLoader in one process: order, epochs, resuming, workers, devices, errors."""
 import collections
 import io
+import itertools
 import sys
 
 import pytest
@@ -327,14 +328,21 @@ def test_argument_errors_say_what_to_do():
         SmartDataLoader(Counting(3)).setup_distributed()
 
 
-def test_progress_bar_shows_epoch_position_and_stays_quiet_in_logs(monkeypatch):
+def test_progress_bar_stays_quiet_in_logs_but_for_a_line_a_minute(monkeypatch):
+    import tqdm.std
+
     captured = io.StringIO()
     monkeypatch.setattr(sys, "stderr", captured)
     list(SmartDataLoader(Counting(400), batch_size=1, loading_bar=True))
+    assert captured.getvalue() == ""  # not a terminal, and done within a minute
+    clock = itertools.count(0.0, 5.0)  # every reading of tqdm's clock is 5 s later
+    monkeypatch.setattr(tqdm.std, "time", lambda: next(clock))
+    list(SmartDataLoader(Counting(400), batch_size=1, loading_bar=True))
     text = captured.getvalue()
     assert "epoch 0" in text and "400/400" in text and "batch/s" in text
-    assert text.count("\r") + text.count("\n") <= 3  # not a terminal: start and end only
-    captured.truncate(0)
+    assert 2 <= text.count("\r") + text.count("\n") <= 20  # a line per simulated minute
+    captured.seek(0)
+    captured.truncate()
     list(SmartDataLoader(Counting(400), batch_size=1, loading_bar=False))
     assert captured.getvalue() == ""
 

@@ -79,12 +79,17 @@ def test_ranks_get_disjoint_shards_that_cover_the_dataset():
     assert rank0["given"] == rank1["given"] == [[0, 1, 2], [3, 4, 5]]
 
 
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
 def _resume(rank, workers):
     # Ranks started by spawn default to spawned workers, each importing torch anew (seconds);
     # ranks started by torchrun or our launcher fork them.
     settings = dict(batch_size=3, shuffle=True, random_seed=5, num_workers=workers,
                     multiprocessing_context="fork")  # fmt: skip
-    captured = io.StringIO()
+    captured = Terminal()  # a terminal shows every epoch's bar; a log file only long ones
     sys.stderr = captured
     reference = SmartDataLoader(Indices(26), **settings)
     expected = [epoch_of(reference) for _ in range(2)]

@@ -1,4 +1,4 @@
-"""The device-independent parts of batch prefetching: the background feeder and row gathering."""
+"""The device-independent parts of batch prefetching: the background feeder and tensor maps."""
 import collections
 import itertools
 import threading
@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from pystematic_torch.data._prefetch import BackgroundFeeder, gather_rows, iter_tensors, map_tensors
+from pystematic_torch.data._prefetch import BackgroundFeeder, iter_tensors, map_tensors
 
 
 @pytest.mark.timeout(20)
@@ -49,16 +49,6 @@ def test_feeder_close_stops_an_endless_source_with_little_read_ahead():
     assert next(produced) <= 3 + 2 + 2  # delivered + queued + one in hand, then stopped
 
 
-def test_gather_rows_equals_indexing_sample_by_sample():
-    tensors = (torch.randn(9, 2, 3), torch.arange(9, dtype=torch.int16))
-    batches = list(gather_rows(tensors, [[4, 0, 4], [8], []], pin=False))
-    assert [len(batch) for batch in batches] == [2, 2, 2]
-    for batch, index in zip(batches, ([4, 0, 4], [8], [])):
-        for rows, source in zip(batch, tensors):
-            expected = torch.stack([source[i] for i in index]) if index else source[:0]
-            assert rows.dtype == source.dtype and torch.equal(rows, expected)
-
-
 def test_map_tensors_keeps_the_structure():
     Pair = collections.namedtuple("Pair", "a b")
     batch = {"pair": Pair(torch.ones(1), [torch.zeros(2), "label"]), "n": 3}
@@ -66,9 +56,3 @@ def test_map_tensors_keeps_the_structure():
     assert isinstance(doubled["pair"], Pair) and doubled["n"] == 3
     assert doubled["pair"].b[1] == "label" and torch.equal(doubled["pair"].a, torch.full((1,), 2.0))
     assert len(list(iter_tensors(batch))) == 2
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gather_rows_pins_for_the_copy():
-    batch = next(gather_rows((torch.randn(8, 4),), [[3, 1]], pin=True))
-    assert batch[0].is_pinned()

@@ -1,0 +1,71 @@
+"""Batches of an in-memory ``TensorDataset`` gathered straight from its tensors.
+
+DataLoader's way, one view per sample and ``default_collate`` stacking them, costs more per
+batch than a small model's step. Here every batch is one ``index_select`` per tensor, and
+where nothing is to be pinned, one ``index_select`` per tensor gathers a block of several
+batches, which are then delivered as slices of the block: what a loop over pre-sliced
+tensors pays per batch, with the shuffle kept.
+"""
+import math
+from typing import Iterable, Iterator, List, Sequence
+
+import torch
+
+# A block holds at most this many batches, and more than one only while it stays within
+# this many bytes: small enough to stay in a core's cache between the gather and the
+# batches' use, large enough that the gather's fixed cost is shared by many batches.
+_BLOCK_BATCHES = 32
+_BLOCK_BYTES = 1 << 20
+
+
+def gather_rows(
+    tensors: Sequence[torch.Tensor], batches: Iterable[Sequence[int]], pin: bool
+) -> Iterator[List[torch.Tensor]]:
+    """Yield ``[t[indices] for t in tensors]`` for each batch of indices, one copy per tensor.
+
+    Gives the same values, dtypes and list type as DataLoader's per-sample indexing followed
+    by ``default_collate``, without creating one view per sample. With ``pin`` the rows of a
+    CPU tensor are gathered straight into page-locked memory (from torch's caching host
+    allocator, which keeps a block until the copies reading it have finished), ready for an
+    asynchronous copy to the GPU.
+    """
+    if not pin and all(tensor.device.type == "cpu" for tensor in tensors):
+        for indices in batches:
+            index = indices
+            if type(index) is not torch.Tensor:
+                index = torch.as_tensor(indices, dtype=torch.long)
+            yield [tensor.index_select(0, index) for tensor in tensors]
+        return
+    for indices in batches:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        batch = []
+        for tensor in tensors:
+            if tensor.device.type != "cpu":
+                batch.append(tensor.index_select(0, index.to(tensor.device)))
+            elif pin:
+                rows = torch.empty(
+                    (len(index), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True
+                )
+                batch.append(torch.index_select(tensor, 0, index, out=rows))
+            else:
+                batch.append(tensor.index_select(0, index))
+        yield batch
+
+
+def gather_blocks(
+    tensors: Sequence[torch.Tensor], indices: torch.Tensor, batch_size: int
+) -> Iterator[List[torch.Tensor]]:
+    """Yield ``[t[batch] for t in tensors]`` for each ``batch_size`` run of ``indices``.
+
+    The same batches as :func:`gather_rows` over ``indices.split(batch_size)`` (the last
+    one may be shorter), from CPU ``tensors``. Each batch is a contiguous slice of a block
+    gathered for up to ``_BLOCK_BATCHES`` batches at once, so it keeps that block's memory
+    alive while it is referenced, and ``torch.save`` of one saves the whole block.
+    """
+    row_bytes = sum(math.prod(t.shape[1:]) * t.element_size() for t in tensors)
+    per_block = max(1, min(_BLOCK_BATCHES, _BLOCK_BYTES // max(1, row_bytes * batch_size)))
+    rows = per_block * batch_size
+    for start in range(0, len(indices), rows):
+        index = indices[start : start + rows]
+        blocks = [tensor.index_select(0, index).split(batch_size) for tensor in tensors]
+        yield from map(list, zip(*blocks))

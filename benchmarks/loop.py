@@ -15,10 +15,11 @@ Plain: the same model and optimizer over batches sliced from the tensors in adva
 Plain shuffled: plain, but each epoch's batches gathered by hand (``index_select``) in a
 new random order, as any shuffling loader must: the fair baseline for ours, which shuffles.
 
-No recorder: ours without the Recorder (keeping ``loss.detach()`` instead, which reads
-nothing), which tells the loader's and Context's share of the difference from the
-recorder's. On a GPU, ours against no recorder is the cost of recording a CUDA loss every
-step, which should be none: the Recorder never waits for the GPU on the training thread.
+No recorder: ours without the Recorder, which tells the loader's and Context's share of
+the difference from the recorder's. On the CPU it reads the loss with ``loss.item()`` per
+step, as plain does. On a GPU it keeps ``loss.detach()`` instead, which waits for nothing,
+so ours against no recorder is the cost of recording a CUDA loss every step, which should
+be none: the Recorder never waits for the GPU on the training thread.
 
 Both run with one torch thread. Runs alternate (ours, plain, ours, ...) so that load from
 other work on the machine hits both alike; the figure is the median of the ratios of each
@@ -92,7 +93,7 @@ def run_ours(images, labels, epochs: int, output_dir: str, record: bool = True) 
                 ctx.recorder.step()
                 spent += time.thread_time() - start
             else:
-                losses.append(loss.detach())
+                losses.append(loss.item() if loss.is_cpu else loss.detach())
         ctx.epoch += 1
     if record:
         writer = ctx.recorder._writer._thread  # the writer's CPU clock, read before it ends

@@ -12,7 +12,6 @@ See ``docs/data.rst`` for the behaviour in full; the short version:
   ``_sample_seeds``).
 """
 import logging
-import sys
 import weakref
 from typing import Any, Iterator, Optional, Tuple
 
@@ -39,6 +38,7 @@ from . import _gather
 from ._cache import build_cache
 from ._epoch import EpochIterator
 from ._options import check_arguments, resolve_seed
+from ._progress import epoch_progress
 from ._sample_seeds import SeededFetch, applies_to
 from ._samplers import ResumableIndices, ShardedSampler, mix_seed
 from ._workers import WorkerStart
@@ -436,27 +436,11 @@ class SmartDataLoader(DataLoader):
     def _make_bar(self, start: int):
         if not self.loading_bar or not is_master():
             return None
-        from tqdm import tqdm
-
         try:
             total = len(self)
         except TypeError:
             total = None
-        stream = sys.stderr
-        terminal = bool(getattr(stream, "isatty", lambda: False)())
-        # Outside a terminal every refresh is a new line in a log file: a line a minute, and
-        # none for an epoch that ends sooner (whose start and end lines cost more than a
-        # small model's epoch spends on its batches).
-        return tqdm(
-            total=total,
-            initial=start,
-            desc=f"epoch {self._epoch}",
-            unit="batch",
-            file=stream,
-            dynamic_ncols=terminal,
-            mininterval=0.1 if terminal else 60.0,
-            delay=0.0 if terminal else 60.0,
-        )
+        return epoch_progress(self._epoch, start, total)
 
 
 def _fast_gather_applies(loader: SmartDataLoader) -> bool:

@@ -71,7 +71,8 @@ class SmartDataLoader(DataLoader):
       NumPy and Python generators seeded by (seed, epoch, rank, position), so what the
       dataset draws does not depend on the workers and repeats in a resumed epoch; with
       ``num_workers=0`` the loop's own generators are put back after each fetch.
-    - **Progress.** A tqdm bar on rank 0 shows the epoch, the position and the rate.
+    - **Progress.** On rank 0, a tqdm bar in a terminal shows the epoch, the position and
+      the rate; in a log, an epoch longer than a minute gets a line a minute.
     - **Preemption.** Worker processes ignore SIGUSR1, and SIGTERM from anyone but the
       training process (Linux): a scheduler signals every process of a job, and the
       training process stops them when it stops.
@@ -89,7 +90,7 @@ class SmartDataLoader(DataLoader):
         batch_sampler: A batch sampler used as given, like ``sampler``.
         move_output: Move batches to the loader's device. ``False`` delivers them as the
             dataset yields them, whatever :meth:`to` was given.
-        loading_bar: Show a progress bar on rank 0.
+        loading_bar: Show the progress of each epoch on rank 0.
         even_shards: In a process group, give every rank the same number of samples by
             repeating a few (or, with ``drop_last``, dropping the last few), as collective
             training needs. ``False`` is the evaluation mode: every sample is delivered

@@ -89,7 +89,7 @@ class Recorder:
         self._closed = False
         self._silent = not is_master()
         self._max_pending = max_pending
-        self._wake_at = min(1024, max_pending // 2)
+        self._wake_at = max(1, max_pending // 4)
         self._array_shapes: Dict[str, tuple] = {}
         self._unstored_arrays: set = set()
         self._writer: Optional[Writer] = None
@@ -441,8 +441,11 @@ class Recorder:
                 self._backlog(pending)
 
     def _backlog(self, pending: int) -> None:
-        # The writer polls every 0.5 s; a growing backlog wakes it at once (only at the
-        # crossing, so a busy writer costs no Event.set() per call), a full queue blocks.
+        # The writer polls every 0.5 s and works through what has come meanwhile in one go:
+        # each wake-up makes the training thread wait for the GIL at least once, so a loop
+        # that records quickly does not wake it more often, until a quarter of the queue is
+        # waiting (only at the crossing, so a busy writer costs no Event.set() per call). A
+        # full queue blocks.
         if pending >= self._max_pending:
             self._writer.wait_for_room()
         elif pending == self._wake_at:

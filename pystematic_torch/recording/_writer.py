@@ -48,8 +48,8 @@ _CONVERTERS = {
     ARRAY: _values.array_values,
 }
 # How long the writer sleeps when nothing wakes it: values wait at most this long before
-# the backends see them (a backlog of 1,024 values, a flush or a finished step for the
-# console wakes it at once), and a slow trickle of values comes in batches.
+# the backends see them (a backlog of a quarter of the queue, a flush or a finished step
+# for the console wakes it at once), and values come in batches.
 _POLL_SECONDS = 0.5
 # How many items the writer takes off the queue at a time.
 _BATCH = 4096

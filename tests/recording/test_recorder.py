@@ -335,6 +335,36 @@ def test_a_full_queue_blocks_the_caller_and_drops_nothing(tmp_path):
     assert backend.values == list(range(40))
 
 
+class CountingBackend(RecorderBackend):
+    name = "counting"
+
+    def __init__(self, until):
+        self.values = 0
+        self.until = until
+        self.reached = threading.Event()
+
+    def scalar(self, tag, value, step):
+        self.values += 1
+        if self.values == self.until:
+            self.reached.set()
+
+
+def test_the_writer_is_woken_by_a_quarter_full_queue_not_before_its_poll(monkeypatch):
+    from pystematic_torch.recording import _writer
+
+    monkeypatch.setattr(_writer, "_POLL_SECONDS", 60.0)  # no poll within the test
+    backend = CountingBackend(until=2000)
+    recorder = Recorder(tensorboard=False, file=False, backends=[backend], max_pending=8000)
+    for i in range(1999):
+        recorder.scalar("v", i)
+    # The writer thread has had time to run: nothing woke it, so it took nothing.
+    assert not backend.reached.wait(0.3) and backend.values == 0
+    recorder.scalar("v", 1999)  # the 2,000th value: a quarter of the queue
+    assert backend.reached.wait(10), "a quarter-full queue did not wake the writer"
+    recorder.close()
+    assert backend.values == 2000
+
+
 @pystematic.experiment
 def crashing_experiment(params):
     recorder = pystematic.torch.Recorder(hdf5=True)

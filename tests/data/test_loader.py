@@ -245,6 +245,27 @@ def test_tensor_dataset_is_gathered_whole_batches(monkeypatch):
     assert type(expected[0]) is type(mine[0])
 
 
+@pytest.mark.parametrize("stop_after", [1, 5, 6, 7, 11])
+def test_tensor_dataset_in_blocks_resumes_inside_any_block(stop_after, monkeypatch):
+    from pystematic_torch.data import _gather
+
+    monkeypatch.setattr(_gather, "_BLOCK_BYTES", 3 * 4 * 16)  # blocks of 3 batches of 4 rows
+    dataset = TensorDataset(torch.arange(46).repeat_interleave(2).view(46, 2).float(),
+                            torch.arange(46))  # fmt: skip
+    settings = dict(batch_size=4, shuffle=True, random_seed=3)
+    reference = loader_for(dataset, **settings)
+    expected = epochs(reference, 2)
+    assert [len(batch) for batch in expected[0]] == [4] * 11 + [2]
+    interrupted = loader_for(dataset, **settings)
+    batches = iter(interrupted)
+    head = [ids(next(batches)) for _ in range(stop_after)]
+    state = interrupted.state_dict()
+    resumed = loader_for(dataset, **settings)
+    resumed.load_state_dict(state)
+    assert head + epochs(resumed, 1)[0] == expected[0]
+    assert epochs(resumed, 1)[0] == expected[1]
+
+
 def test_batched_getitems_is_used_by_the_default_path():
     class Batched(Counting):
         batches = 0

@@ -108,6 +108,12 @@ class Context:
             f"Context has no item {name!r}; registered items are: {', '.join(items) or 'none'}."
         )
 
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        # A copy (copy.deepcopy, pickle) of a Context: its registry is a copy too, which
+        # has to be told whose attributes to keep in step with.
+        self.__dict__.update(state)
+        self._items.adopt(self)
+
     def __delattr__(self, name: str) -> None:
         if name in self._items:
             self._guard.release(self._items.pop(name))

@@ -76,6 +76,7 @@ def test_anything_can_be_registered_in_order_and_private_names_are_left_alone():
 
 
 def test_an_attribute_is_always_the_registered_item_and_a_dropped_context_is_freed_at_once():
+    import copy
     import gc
     import weakref
 
@@ -94,6 +95,13 @@ def test_an_attribute_is_always_the_registered_item_and_a_dropped_context_is_fre
     with pytest.raises(TypeError, match="assigning or deleting its attributes"):
         ctx._items.update(count=3)
     assert "count" not in vars(ctx)
+
+    ctx.model = nn.Linear(2, 2)
+    twin = copy.deepcopy(ctx)  # a copy's items follow the copy, and leave the original alone
+    assert twin.model is twin._items["model"] and twin.model is not ctx.model
+    assert ctx.model is ctx._items["model"]
+    twin.epoch = 4
+    assert twin.state_dict()["epoch"] == 4 and "epoch" not in ctx
 
     gc.disable()  # freed by reference counting alone: no cycle keeps a Context's models alive
     try:

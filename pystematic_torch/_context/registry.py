@@ -21,11 +21,24 @@ class ItemRegistry(dict):
 
     __slots__ = ("_owner",)
 
-    def __init__(self, owner: Any) -> None:
+    def __init__(self, owner: Any = None) -> None:
         super().__init__()
         # A weak reference: the owner holds the registry, and a cycle would keep a dropped
         # Context (and the GPU memory of its models) alive until the garbage collector runs.
+        self._owner = None if owner is None else weakref.ref(owner)
+
+    def adopt(self, owner: Any) -> None:
+        """Belong to ``owner`` from now on: a copied Context takes over its copied registry."""
         self._owner = weakref.ref(owner)
+        for name, value in self.items():
+            attributes = self._attributes(name)
+            if attributes is not None:
+                attributes[name] = value
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        # A copy or a pickle carries the items and no owner: one copied along with the
+        # Context it belonged to must not write into the original's attributes.
+        return (ItemRegistry, (), None, None, iter(self.items()))
 
     def __setitem__(self, name: str, value: Any) -> None:
         super().__setitem__(name, value)
@@ -48,7 +61,7 @@ class ItemRegistry(dict):
         return value
 
     def _attributes(self, name: str):
-        owner = self._owner()
+        owner = self._owner() if self._owner is not None else None
         if owner is None or not name.isidentifier() or name.startswith("_"):
             return None
         return vars(owner)

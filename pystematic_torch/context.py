@@ -109,9 +109,14 @@ class Context:
         )
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        # A copy (copy.deepcopy, pickle) of a Context: its registry is a copy too, which
-        # has to be told whose attributes to keep in step with.
+        # A copy of a Context. A deep copy's registry is a copy too, which has to be told
+        # whose attributes to keep in step with; a shallow copy's is the original's own,
+        # which the original keeps, so the copy gets one of its own with the same items.
         self.__dict__.update(state)
+        if self._items.owned_elsewhere(self):
+            own = ItemRegistry()
+            dict.update(own, self._items)
+            object.__setattr__(self, "_items", own)
         self._items.adopt(self)
 
     def __delattr__(self, name: str) -> None:

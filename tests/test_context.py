@@ -102,6 +102,14 @@ def test_an_attribute_is_always_the_registered_item_and_a_dropped_context_is_fre
     assert ctx.model is ctx._items["model"]
     twin.epoch = 4
     assert twin.state_dict()["epoch"] == 4 and "epoch" not in ctx
+    shallow = copy.copy(ctx)  # shares the items, but each keeps its own names in step
+    ctx.rate = 0.01
+    assert ctx.rate == 0.01 and "rate" not in shallow
+    shallow.rate = 0.5
+    assert ctx.rate == 0.01 and shallow.state_dict()["rate"] == 0.5
+    del shallow
+    del ctx.rate
+    assert not hasattr(ctx, "rate")
 
     gc.disable()  # freed by reference counting alone: no cycle keeps a Context's models alive
     try:

@@ -35,6 +35,11 @@ class ItemRegistry(dict):
             if attributes is not None:
                 attributes[name] = value
 
+    def owned_elsewhere(self, owner: Any) -> bool:
+        """Whether another live object than ``owner`` owns this registry."""
+        current = self._owner() if self._owner is not None else None
+        return current is not None and current is not owner
+
     def __reduce_ex__(self, protocol: Any) -> tuple:
         # A copy or a pickle carries the items and no owner: one copied along with the
         # Context it belonged to must not write into the original's attributes.

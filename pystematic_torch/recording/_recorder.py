@@ -5,8 +5,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
-from torch import Tensor
-
 from .. import _session
 from ..distributed import _REDUCE_OPS, all_reduce, is_master
 from ..errors import RecorderError
@@ -152,19 +150,11 @@ class Recorder:
                 tag), ``reduce`` is unknown, the recorder is closed, or a backend failed
                 since the last call.
         """
-        kind = value.__class__
         if reduce is not None:
             value = self._reduced(tag, value, reduce)
-        elif kind is Tensor and tag.__class__ is str and tag and value.is_cpu:
-            # A CPU loss, the common case, read with the fewest tensor calls; anything else
-            # (several elements, bool, complex) takes the checks that name the mistake.
-            try:
-                number = value.item()
-            except RuntimeError:
-                number = None
-            kind = number.__class__
-            value = number if kind is float or kind is int else _values.scalar(tag, value)
-        elif (kind is not float and kind is not int) or tag.__class__ is not str or not tag:
+        elif (value.__class__ is not float and value.__class__ is not int) or (
+            tag.__class__ is not str or not tag
+        ):
             value = _values.scalar(tag, value)
         if self._accepting or self._reopen():
             items = self._items

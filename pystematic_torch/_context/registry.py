@@ -31,9 +31,7 @@ class ItemRegistry(dict):
         """Belong to ``owner`` from now on: a copied Context takes over its copied registry."""
         self._owner = weakref.ref(owner)
         for name, value in self.items():
-            attributes = self._attributes(name)
-            if attributes is not None:
-                attributes[name] = value
+            self._mirror(name, value)
 
     def owned_elsewhere(self, owner: Any) -> bool:
         """Whether another live object than ``owner`` owns this registry."""
@@ -47,23 +45,28 @@ class ItemRegistry(dict):
 
     def __setitem__(self, name: str, value: Any) -> None:
         super().__setitem__(name, value)
-        attributes = self._attributes(name)
-        if attributes is not None:
-            attributes[name] = value
+        self._mirror(name, value)
 
     def __delitem__(self, name: str) -> None:
         super().__delitem__(name)
-        attributes = self._attributes(name)
-        if attributes is not None:
-            attributes.pop(name, None)
+        self._unmirror(name)
 
     def pop(self, name: str, *default: Any) -> Any:
         present = name in self
         value = super().pop(name, *default)
-        attributes = self._attributes(name) if present else None
+        if present:
+            self._unmirror(name)
+        return value
+
+    def _mirror(self, name: str, value: Any) -> None:
+        attributes = self._attributes(name)
+        if attributes is not None:
+            attributes[name] = value
+
+    def _unmirror(self, name: str) -> None:
+        attributes = self._attributes(name)
         if attributes is not None:
             attributes.pop(name, None)
-        return value
 
     def _attributes(self, name: str):
         owner = self._owner() if self._owner is not None else None

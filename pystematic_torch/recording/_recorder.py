@@ -1,24 +1,25 @@
 """The Recorder: the training thread's side of recording."""
-import logging
 import operator
 import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from .. import _session
-from ..distributed import _REDUCE_OPS, all_reduce, is_master
+from ..distributed import is_master
 from ..errors import RecorderError
 from . import _lifetime, _resume, _values
+from ._arrays import ArrayTags
 from ._backend import RecorderBackend
-from ._writer import ARRAY, FIGURE, HISTOGRAM, IMAGE, PARAMS, RESUME, SCALAR, STEP, TEXT, Writer
+from ._choice import chosen_backends
+from ._handover import _Handover
+from ._writer import ARRAY, FIGURE, HISTOGRAM, IMAGE, PARAMS, RESUME, SCALAR, STEP, TEXT
 
 __all__ = ["Recorder"]
 
-logger = logging.getLogger("pystematic.torch.recording")
 _now = time.time
 
 
-class Recorder:
+class Recorder(_Handover):
     """Records scalars, images, figures, histograms, text and hyperparameters of a run.
 
     Every value is recorded at the current :attr:`count`, which :meth:`step` advances, and
@@ -65,40 +66,13 @@ class Recorder:
         max_pending: int = 100_000,
         flush_secs: float = 5.0,
     ) -> None:
-        from ._console import ConsoleBackend
-        from ._files import FileBackend
-        from ._hdf5 import HDF5Backend
-        from ._tensorboard import TensorBoardBackend
-
-        bad = [repr(b) for b in backends if not isinstance(b, RecorderBackend)]
-        if bad:
-            raise RecorderError(
-                f"Recorder(backends=...) got {', '.join(bad)}; every backend must be an "
-                "instance of a RecorderBackend subclass."
-            )
-        if not isinstance(max_pending, int) or max_pending < 2:
-            raise RecorderError(f"Recorder got max_pending={max_pending!r}; give an int >= 2.")
-        chosen = [
-            cls() for on, cls in ((tensorboard, TensorBoardBackend), (file, FileBackend),
-                                  (console, ConsoleBackend), (hdf5, HDF5Backend)) if on
-        ] + list(backends)
+        chosen = chosen_backends(tensorboard, file, console, hdf5, backends, max_pending)
         self.output_dir = _lifetime.resolve_output_dir(output_dir, tensorboard or file or hdf5)
         self._count = 0
         self._closed = False
-        self._silent = not is_master()
-        self._max_pending = max_pending
-        self._wake_at = max(1, max_pending // 4)
-        self._array_shapes: Dict[str, tuple] = {}
-        self._unstored_arrays: set = set()
-        self._writer: Optional[Writer] = None
-        if not self._silent:
-            self._writer = Writer(chosen, self.output_dir, max_pending, flush_secs,
-                                  self._writer_failed)
-        self._items = self._writer.items if self._writer else None
-        self._wants_steps = bool(self._writer and self._writer.wants("step_finished"))
-        self._wants_resume = bool(self._writer and self._writer.wants("resume"))
-        self._stores_arrays = bool(self._writer and self._writer.wants("array"))
-        self._accepting = not self._silent
+        self._arrays = ArrayTags()
+        # The hand-over's state (_Handover), which scalar() and step() read directly.
+        self._start_writer(chosen, self.output_dir, max_pending, flush_secs, not is_master())
         _lifetime.register(self)
         _session.register_durable(self)
 
@@ -293,16 +267,7 @@ class Recorder:
             RecorderError: The recorder is closed, or a backend failed since the last call.
         """
         data = _values.array("array", tag, array)
-        shape = tuple(data.shape)
-        if self._array_shapes.setdefault(tag, shape) != shape:
-            raise RecorderError(
-                f"Recorder.array({tag!r}) got shape {shape}, but earlier arrays of this tag "
-                f"had shape {self._array_shapes[tag]}; use a new tag for a new shape."
-            )
-        if not self._stores_arrays and not self._silent and tag not in self._unstored_arrays:
-            self._unstored_arrays.add(tag)
-            logger.warning("Array %r is not stored: no backend stores arrays (use hdf5=True).",
-                           tag)
+        self._arrays.check(tag, tuple(data.shape), not self._stores_arrays and not self._silent)
         self._put(ARRAY, tag, data)
 
     # -- lifetime ------------------------------------------------------------------------
@@ -419,59 +384,3 @@ class Recorder:
         self._count = point.step
         if self._wants_resume and not self._closed and not self._silent:
             self._put(RESUME, None, point, point.step)
-
-    # -- internals -----------------------------------------------------------------------
-
-    def _put(self, kind: int, tag: Optional[str], value: Any, step: Optional[int] = None) -> None:
-        if self._accepting or self._reopen():
-            items = self._items
-            items.append((kind, tag, value, self._count if step is None else step, _now()))
-            pending = len(items)
-            if pending >= self._wake_at:
-                self._backlog(pending)
-
-    def _backlog(self, pending: int) -> None:
-        # The writer polls every 0.5 s and works through what has come meanwhile in one go:
-        # each wake-up makes the training thread wait for the GIL at least once, so a loop
-        # that records quickly does not wake it more often, until a quarter of the queue is
-        # waiting (only at the crossing, so a busy writer costs no Event.set() per call). A
-        # full queue blocks.
-        if pending >= self._max_pending:
-            self._writer.wait_for_room()
-        elif pending == self._wake_at:
-            self._writer.wake()
-
-    def _reduced(self, tag: str, value: Any, reduce: str) -> Any:
-        if reduce not in _REDUCE_OPS:
-            raise RecorderError(
-                f"Recorder.scalar({tag!r}) got reduce={reduce!r}; allowed are "
-                f"{', '.join(map(repr, _REDUCE_OPS))} or None."
-            )
-        return all_reduce(_values.scalar(tag, value), op=reduce)
-
-    def _writer_failed(self) -> None:
-        # Runs on the writer thread; the next call on the training thread takes the slow
-        # path and raises the failure.
-        self._accepting = False
-
-    def _reopen(self) -> bool:
-        """The slow path of every call: whether to record, or the error to raise."""
-        if self._closed:
-            raise RecorderError(
-                "This Recorder is closed; recording after close() is not possible. Create "
-                "a new Recorder to record more."
-            )
-        if self._silent:
-            return False
-        self._raise_failures()
-        if not self._writer.alive:
-            raise RecorderError(
-                "The recorder's writer thread has stopped (see the error logged before), so "
-                "nothing more can be recorded; create a new Recorder."
-            )
-        self._accepting = True
-        return True
-
-    def _raise_failures(self) -> None:
-        if self._writer is not None:
-            self._writer.raise_failures()

@@ -9,19 +9,16 @@ import os
 from typing import Any, ContextManager, Dict, Iterator, Optional, Union
 
 import torch
-from torch import nn
 
-from . import _seeding, _session, _state
-from ._context import guards, loading, randomness
+from . import _seeding, _session
+from ._context import automatic, guards, loading
+from ._context import ddp as _ddp
 from ._context import precision as _precision
-from ._context.moves import leaves, map_leaves, move, require_cuda
+from ._context.moves import leaves, move, own_cuda_device, target_device
 from ._context.registry import ItemRegistry
 from ._context.steps import Steps
-from .checkpoint import ContextState, load_checkpoint
-from .devices import DeviceLike, resolve_device
-from .distributed import get_rank, is_distributed
-from .distributed._ddp import TransparentDDP
-from .errors import DistributedError
+from .devices import DeviceLike
+from .distributed import get_rank
 
 __all__ = ["Context"]
 
@@ -109,15 +106,9 @@ class Context:
         )
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        # A copy of a Context. A deep copy's registry is a copy too, which has to be told
-        # whose attributes to keep in step with; a shallow copy's is the original's own,
-        # which the original keeps, so the copy gets one of its own with the same items.
+        # A copy of a Context: its registry has to mirror into the copy's attributes.
         self.__dict__.update(state)
-        if self._items.owned_elsewhere(self):
-            own = ItemRegistry()
-            dict.update(own, self._items)
-            object.__setattr__(self, "_items", own)
-        self._items.adopt(self)
+        object.__setattr__(self, "_items", self._items.for_copy(self))
 
     def __delattr__(self, name: str) -> None:
         if name in self._items:
@@ -164,11 +155,7 @@ class Context:
             DeviceError: ``device`` is not a device, or it is a CUDA device and CUDA is not
                 available to this process.
         """
-        target = resolve_device(device)
-        if target.type == "cuda":
-            require_cuda(f"Context.to({str(device)!r})")
-            if target.index is None:
-                target = torch.device("cuda", torch.cuda.current_device())
+        target = target_device(device)
         for name, value in self._items.items():
             self._items[name] = move(value, target)
         self._device = target
@@ -189,14 +176,7 @@ class Context:
         Raises:
             DeviceError: CUDA is not available on this machine.
         """
-        require_cuda("Context.cuda()")
-        if device is None:
-            # In a distributed run the launch has already made this rank's GPU current.
-            index = torch.cuda.current_device()
-            device = torch.device("cuda", index)
-        elif isinstance(device, int):
-            device = torch.device("cuda", device)
-        return self.to(device)
+        return self.to(own_cuda_device(device))
 
     # -- distributed ---------------------------------------------------------------------
 
@@ -229,36 +209,7 @@ class Context:
             DistributedError: no process group has been initialized, or
                 ``sync_batchnorm=True`` on a context that is not on CUDA.
         """
-        if not is_distributed():
-            raise DistributedError(
-                "Context.ddp() needs an initialized process group; run the experiment with "
-                "--distributed, or call torch.distributed.init_process_group() first."
-            )
-        if sync_batchnorm and self._device.type != "cuda":
-            raise DistributedError(
-                f"Context.ddp(sync_batchnorm=True) needs the context on CUDA (it is on "
-                f"{self._device}), because torch's SyncBatchNorm only runs on GPUs; call "
-                "ctx.cuda() first, or leave sync_batchnorm off on the CPU."
-            )
-        device_ids = [self._device.index] if self._device.type == "cuda" else None
-
-        def wrap(module: nn.Module) -> nn.Module:
-            if isinstance(module, TransparentDDP):
-                return module
-            if not any(param.requires_grad for param in module.parameters()):
-                return module
-            self._guard.release(module)
-            if sync_batchnorm:
-                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-            return TransparentDDP(module, device_ids=device_ids, **ddp_options)
-
-        for name, value in self._items.items():
-            self._items[name] = map_leaves(value, nn.Module, wrap)
-        for value in self._items.values():
-            for leaf in leaves(value):
-                setup = getattr(leaf, "setup_distributed", None)
-                if callable(setup) and not isinstance(leaf, type):
-                    setup()
+        _ddp.prepare(self._items, self._device, self._guard, sync_batchnorm, ddp_options)
         if not self._ranks_diverged:
             _seeding.diverge_ranks(get_rank())
             self._ranks_diverged = True
@@ -368,13 +319,7 @@ class Context:
                 minutes (or ``--distributed_timeout``, if shorter): it was called under
                 ``if is_master():``.
         """
-        state = {}
-        for name, value in self._items.items():
-            captured = _state.capture(value)
-            if captured is not _state.OPAQUE:
-                state[name] = captured
-        state[randomness.KEY] = randomness.capture(self._ranks_diverged)
-        return ContextState(state)
+        return loading.capture_items(self._items, self._ranks_diverged)
 
     def load_state_dict(self, state: Dict[str, Any], strict: bool = True) -> None:
         """Restore every item from ``state``, in place, and plain values on the context.
@@ -409,8 +354,6 @@ class Context:
             self._ranks_diverged = ranks_diverged
         guards.note_loaded()
         self._not_loaded.update(skipped)
-        if skipped:
-            logger.warning("Ignored checkpoint entries the context has no item for: %s.", skipped)
 
     # -- the automatic path --------------------------------------------------------------
 
@@ -448,25 +391,5 @@ class Context:
             StateDictError: the checkpoint does not fit the context.
             DistributedError: ``distributed`` is set but no process group exists.
         """
-        params = _session.current_params() or {}
-        if checkpoint is None:
-            checkpoint = params.get("checkpoint")
-        cuda = params.get("cuda", True) if cuda is None else cuda
-        if distributed is None:
-            distributed = params["distributed"] if "distributed" in params else is_distributed()
-        elif not distributed:
-            self._guard.wrapping_is_users = True
-
-        if checkpoint is not None:
-            self.load_state_dict(load_checkpoint(checkpoint))
-        if cuda:
-            if torch.cuda.is_available():
-                self.cuda()
-            else:
-                logger.warning(
-                    "CUDA was requested but is not available on this machine; staying on the "
-                    "CPU. Pass --no-cuda to run on the CPU without this warning."
-                )
-        if distributed:
-            self.ddp()
+        automatic.autotransform(self, checkpoint, cuda, distributed)
         return self

@@ -10,11 +10,14 @@
    back from its snapshot, and the error says so.
 4. Last, the global random number generators are put into their saved states (the reserved
    entry ``randomness.KEY``, checked in step 1 with the items).
+
+``capture_items``, the other way, makes the state that ``ctx.state_dict()`` returns.
 """
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import _state
+from ..checkpoint import ContextState
 from ..checkpoint._format import METADATA_KEY
 from ..errors import StateDictError
 from . import precision, randomness
@@ -31,15 +34,26 @@ _MISSING_HINT = (
 )
 
 
+def capture_items(items: Dict[str, Any], ranks_diverged: bool) -> ContextState:
+    """The state of every item that has one, and of the global random generators."""
+    state = {}
+    for name, value in items.items():
+        captured = _state.capture(value)
+        if captured is not _state.OPAQUE:
+            state[name] = captured
+    state[randomness.KEY] = randomness.capture(ranks_diverged)
+    return ContextState(state)
+
+
 def load_items(
     items: Dict[str, Any], state: Any, strict: bool
 ) -> Tuple[List[str], Optional[bool]]:
     """Load ``state`` into ``items`` (name -> item, updated in place) atomically.
 
     Returns:
-        The names in ``state`` that no item took (only when not strict), and whether the
-        restored generators are per-rank streams (None when ``state`` holds no random
-        state).
+        The names in ``state`` that no item took (only when not strict; logged as a
+        warning), and whether the restored generators are per-rank streams (None when
+        ``state`` holds no random state).
 
     Raises:
         StateDictError: ``state`` does not fit, listing every problem; or an item's own
@@ -83,9 +97,10 @@ def load_items(
     to_load.sort(key=lambda name: _state.load_order(items[name]))
     _apply(items, state, to_load, strict)
     skipped = [name for name in state if name not in items]
-    if random_state is None:
-        return skipped, None
-    return skipped, randomness.restore(random_state)
+    ranks_diverged = None if random_state is None else randomness.restore(random_state)
+    if skipped:
+        logger.warning("Ignored checkpoint entries the context has no item for: %s.", skipped)
+    return skipped, ranks_diverged
 
 
 def _apply(items: Dict[str, Any], state: Mapping, names: List[str], strict: bool) -> None:

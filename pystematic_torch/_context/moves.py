@@ -1,9 +1,10 @@
 """Moving a Context's items between devices, and walking the containers that hold them."""
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
+from ..devices import DeviceLike, resolve_device
 from ..errors import DeviceError
 
 _NO_CUDA_HINT = "run on the CPU with --no-cuda (or cuda=False), or call ctx.cpu()"
@@ -15,6 +16,27 @@ def require_cuda(what: str) -> None:
             f"{what} needs CUDA, but torch.cuda.is_available() is False on this machine; "
             f"{_NO_CUDA_HINT}."
         )
+
+
+def target_device(device: DeviceLike) -> torch.device:
+    """Where ``ctx.to(device)`` moves: ``device``, with the current index on a bare ``cuda``."""
+    target = resolve_device(device)
+    if target.type == "cuda":
+        require_cuda(f"Context.to({str(device)!r})")
+        if target.index is None:
+            target = torch.device("cuda", torch.cuda.current_device())
+    return target
+
+
+def own_cuda_device(device: Optional[DeviceLike]) -> DeviceLike:
+    """Where ``ctx.cuda(device)`` moves: ``device``, or by default this process's own GPU."""
+    require_cuda("Context.cuda()")
+    if device is None:
+        # In a distributed run the launch has already made this rank's GPU current.
+        return torch.device("cuda", torch.cuda.current_device())
+    if isinstance(device, int):
+        return torch.device("cuda", device)
+    return device
 
 
 def leaves(value: Any) -> Iterator[Any]:

@@ -38,6 +38,18 @@ class ItemRegistry(dict):
         current = self._owner() if self._owner is not None else None
         return current is not None and current is not owner
 
+    def for_copy(self, owner: Any) -> "ItemRegistry":
+        """The registry a copy ``owner`` of a Context keeps, already adopted by it."""
+        # A deep copy's registry is a copy too, which has to be told whose attributes to keep
+        # in step with; a shallow copy's is the original's own, which the original keeps, so
+        # the copy gets one of its own with the same items.
+        registry = self
+        if self.owned_elsewhere(owner):
+            registry = ItemRegistry()
+            dict.update(registry, self)
+        registry.adopt(owner)
+        return registry
+
     def __reduce_ex__(self, protocol: Any) -> tuple:
         # A copy or a pickle carries the items and no owner: one copied along with the
         # Context it belonged to must not write into the original's attributes.

@@ -7,49 +7,36 @@ See ``docs/data.rst`` for the behaviour in full; the short version:
 - Epochs: an epoch ends when its batches run out; a loop left early keeps the loader's
   place, and the next ``iter()`` continues that epoch (see ``_epoch``).
 - Resume: the loader counts the batches it has *delivered*; a loaded state skips that many
-  batches at the index level, so no data is loaded twice or skipped.
+  batches at the index level, so no data is loaded twice or skipped (see ``_resume``).
 - Randomness: each fetch from the dataset is seeded by its place in the run (see
   ``_sample_seeds``).
+
+Each ``iter()`` is set up by ``_epoch_start``; its batches come from ``_host_batches``.
 """
 import logging
 import weakref
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, Optional
 
 import torch
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    IterableDataset,
-    TensorDataset,
-    default_collate,
-)
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..devices import DeviceLike, map_tensors, resolve_device
-from ..distributed import (
-    broadcast_from_master,
-    get_num_processes,
-    get_rank,
-    is_distributed,
-    is_master,
-)
-from ..errors import DeviceError, DistributedError, StateDictError
-from . import _gather
-from ._cache import build_cache
+from ..devices import DeviceLike, resolve_device
+from ..distributed import broadcast_from_master, get_num_processes, is_distributed, is_master
+from ..errors import DeviceError, DistributedError
 from ._epoch import EpochIterator
+from ._epoch_start import prepare_epoch
+from ._host_batches import fast_gather_applies as _fast_gather_applies
+from ._host_batches import host_batches
 from ._options import check_arguments, resolve_seed
 from ._progress import epoch_progress
-from ._sample_seeds import SeededFetch, applies_to
-from ._samplers import ResumableIndices, ShardedSampler, mix_seed
+from ._resume import check_state
+from ._sample_seeds import SeededFetch
+from ._samplers import ResumableIndices, ShardedSampler
 from ._workers import WorkerStart
 
 __all__ = ["SmartDataLoader"]
 
 logger = logging.getLogger("pystematic.torch.data")
-
-# Tags the streams drawn from the loader's seed: 1 for the workers' base seeds, 2 for fetches.
-_WORKER_STREAM, _FETCH_STREAM = 1, 2
-_STATE_KEYS = ("epoch", "position", "seed", "num_processes", "batch_size")
 
 
 class SmartDataLoader(DataLoader):
@@ -272,24 +259,7 @@ class SmartDataLoader(DataLoader):
         Raises:
             StateDictError: ``state`` lacks a key or holds a wrong type.
         """
-        if not isinstance(state, dict):
-            raise StateDictError(
-                f"SmartDataLoader.load_state_dict got a {type(state).__name__}; pass a dict "
-                "made by SmartDataLoader.state_dict()."
-            )
-        problems = []
-        for key in _STATE_KEYS:
-            if key not in state:
-                problems.append(f"missing {key!r}")
-            elif key != "batch_size" and (
-                isinstance(state[key], bool) or not isinstance(state[key], int)
-            ):
-                problems.append(f"{key!r} is {state[key]!r}, not an int")
-        if problems:
-            raise StateDictError(
-                f"SmartDataLoader.load_state_dict got a state with {'; '.join(problems)}; "
-                "pass a dict made by SmartDataLoader.state_dict()."
-            )
+        check_state(state)
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``: the next iteration resumes after the delivered batches.
@@ -313,7 +283,7 @@ class SmartDataLoader(DataLoader):
 
     def __iter__(self) -> EpochIterator:
         self._end_active_iteration()
-        self._prepare_epoch()
+        prepare_epoch(self)
         iterator = EpochIterator(self)
         self._active = weakref.ref(iterator)
         return iterator
@@ -323,41 +293,6 @@ class SmartDataLoader(DataLoader):
         if iterator is not None:
             iterator.close()
         self._active = None
-
-    def _prepare_epoch(self) -> None:
-        if self._own_sampler is not None and is_distributed():
-            self._agree_seed()
-        self._rescale_position()
-        holders = [self.dataset]
-        if self._own_sampler is not None:
-            self._own_sampler.set_epoch(self._epoch)
-        else:
-            inner = getattr(self.batch_sampler, "sampler", None)
-            holders += [self.sampler, self.batch_sampler, inner]
-        for holder in holders:
-            set_epoch = getattr(holder, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(self._epoch)
-        if not self._user_generator:
-            # Workers' base seeds follow (seed, epoch, rank) instead of the global RNG.
-            generator = torch.Generator()
-            generator.manual_seed(mix_seed(self._seed, self._epoch, get_rank(), _WORKER_STREAM))
-            self.generator = generator
-        iterable = isinstance(self.dataset, IterableDataset)
-        self._skip = 0 if iterable else self._position
-        self._fetch_seed_base = (
-            mix_seed(self._seed, self._epoch, get_rank(), _FETCH_STREAM)
-            if self._fetches_are_seeded() else None
-        )
-
-    def _fetches_are_seeded(self) -> bool:
-        # The batched gather and the cache read tensors, never call the dataset at random.
-        return (
-            not isinstance(self.dataset, IterableDataset)
-            and self.cache is None
-            and not _fast_gather_applies(self)
-            and applies_to(self.dataset)
-        )
 
     def _runs_dataset_code_in_process(self) -> bool:
         """Whether the dataset's own code runs in this process (no workers, no gather)."""
@@ -375,64 +310,10 @@ class SmartDataLoader(DataLoader):
         finally:
             self.__dict__["dataset"] = dataset
 
-    def _rescale_position(self) -> None:
-        if self._saved_layout is None:
-            return
-        saved_processes, saved_batch_size = self._saved_layout
-        self._saved_layout = None
-        processes, batch_size = get_num_processes(), self.batch_size
-        if (saved_processes, saved_batch_size) == (processes, batch_size) or not self._position:
-            return
-        samples = self._position * saved_processes * (saved_batch_size or 1)
-        position = samples // (processes * (batch_size or 1))
-        logger.warning(
-            "SmartDataLoader resumes with %d processes and batch size %s, saved with %d and "
-            "%s: continuing at batch %d of epoch %d, an approximate continuation.",
-            processes, batch_size, saved_processes, saved_batch_size, position, self._epoch,
-        )  # fmt: skip
-        self._position = position
-
     def _host_batches(self) -> Iterator[Any]:
-        if self.cache is not None:
-            return self._cached_batches()
-        if _fast_gather_applies(self):
-            tensors, pin = self.dataset.tensors, self._delivers_to_cuda()
-            run = self._index_run()
-            if run is not None and not pin and all(t.device.type == "cpu" for t in tensors):
-                return _gather.gather_blocks(tensors, *run)
-            batches = self._index_sampler.plain() if run is None else iter(run[0].split(run[1]))
-            return _gather.gather_rows(tensors, batches, pin)
-        return super().__iter__()
-
-    def _index_run(self) -> Optional[Tuple[torch.Tensor, int]]:
-        """The epoch's indices from the skip on, as one tensor, and the batch size, when the
-        order is ours: building a Python list per batch costs more than the gather."""
-        batches = self.batch_sampler
-        if not (type(batches) is BatchSampler and batches.sampler is self._own_sampler):
-            return None
-        shard, size = self._own_sampler.shard(), batches.batch_size
-        end = len(shard) - len(shard) % size if batches.drop_last else len(shard)
-        return shard[self._skip * size:end], size
-
-    def _delivers_to_cuda(self) -> bool:
-        return self.move_output and self._device is not None and self._device.type == "cuda"
-
-    def _cached_batches(self) -> Iterator[Any]:
-        device = self._device if self.move_output and self._device else torch.device("cpu")
-        if self._cached is None or self._cached_on != device:
-            self._cached = None
-            self._cached = build_cache(self.dataset, self.batch_size or 1, device)
-            self._cached_on = device
-        cached = self._cached
-        # One index transfer per epoch: per-batch transfers of pageable host memory would
-        # make the host wait for the GPU at every batch.
-        batches = [torch.as_tensor(indices, dtype=torch.long)
-                   for indices in self._index_sampler.plain()]  # fmt: skip
-        if not batches:
-            return iter(())
-        flat = torch.cat(batches).to(device)
-        pieces = flat.split([len(batch) for batch in batches])
-        return (map_tensors(lambda t, i=i: t.index_select(0, i), cached) for i in pieces)
+        # DataLoader's own iterators serve where neither the cache nor the gather applies.
+        batches = host_batches(self)
+        return super().__iter__() if batches is None else batches
 
     def _make_bar(self, start: int):
         if not self.loading_bar or not is_master():
@@ -443,13 +324,3 @@ class SmartDataLoader(DataLoader):
             total = None
         return epoch_progress(self._epoch, start, total)
 
-
-def _fast_gather_applies(loader: SmartDataLoader) -> bool:
-    dataset = loader.dataset
-    return (
-        isinstance(dataset, TensorDataset)
-        and type(dataset).__getitem__ is TensorDataset.__getitem__
-        and getattr(type(dataset), "__getitems__", None) is None
-        and loader._auto_collation
-        and loader.collate_fn is default_collate
-    )

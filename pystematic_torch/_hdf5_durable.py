@@ -11,6 +11,8 @@ uncompressed files can end with "bad object header version number". Files opened
 * never reuse space freed during a session (file space strategy ``"none"``, set when the
   file is created), so data written after the last flush cannot overwrite anything the
   structure on disk still points to;
+* are created under another name, flushed, and only then renamed into place, so a file
+  exists only once it is whole;
 * are flushed and synced by their owners at checkpoints, every few seconds and at close.
 
 A kill therefore leaves the file readable with at least everything written before its last
@@ -36,9 +38,25 @@ def open_file(path: str, mode: str) -> Any:
     """Open ``path`` with h5py (``mode`` ``"w"``, ``"a"`` or ``"r+"``) for crash-safe writing."""
     import h5py
 
+    path = os.fspath(path)
     creating = mode == "w" or (mode == "a" and not os.path.exists(path))
-    options = {"fs_strategy": "none"} if creating else {}
-    handle = h5py.File(path, "w" if creating else mode, **options)
+    if not creating:
+        return _without_evictions(h5py.File(path, mode))
+    # Until its first flush a new file is a superblock pointing at nothing, which no reader
+    # opens: it is created under another name and renamed once flushed, so the file at
+    # ``path`` is whole from the moment it exists. (HDF5 does not reopen files by name.)
+    creating_path = path + ".creating"
+    handle = _without_evictions(h5py.File(creating_path, "w", fs_strategy="none"))
+    try:
+        flush(handle)
+        os.replace(creating_path, path)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _without_evictions(handle: Any) -> Any:
     config = handle.id.get_mdc_config()
     config.evictions_enabled = False
     # HDF5 accepts disabled evictions only with the automatic cache resizing off.

@@ -46,7 +46,6 @@ class _Handover:
                                   self._writer_failed)
         self._items = self._writer.items if self._writer else None
         self._wants_steps = bool(self._writer and self._writer.wants("step_finished"))
-        self._wants_resume = bool(self._writer and self._writer.wants("resume"))
         self._stores_arrays = bool(self._writer and self._writer.wants("array"))
         self._accepting = not self._silent
 

@@ -1,4 +1,7 @@
 """HDF5 recordings: one growing dataset per tag, with its steps beside it."""
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -9,6 +12,8 @@ from .._hdf5_walk import dataset_names
 from ._backend import RecorderBackend, ResumePoint
 
 __all__ = ["HDF5Backend"]
+
+logger = logging.getLogger("pystematic.torch.recording")
 
 # Values are kept in memory and appended in blocks: resizing a dataset per value is slow.
 _BLOCK = 1024
@@ -45,8 +50,22 @@ class HDF5Backend(RecorderBackend):
     def open(self, output_dir: Optional[Path]) -> None:
         self._dir = Path(output_dir)
         path = self._dir / self._filename
-        self._has_own_history = path.exists()
-        self._file = _hdf5_durable.open_file(str(path), "a")
+        try:
+            self._file = _hdf5_durable.open_file(str(path), "a")
+        except OSError:
+            if not _unreadable(path):
+                raise
+            # A requeued job would otherwise fail at every restart; the file is kept.
+            kept = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.replace(path, kept)
+            logger.warning(
+                "%s does not open as an HDF5 file (a power loss, or a crash of an earlier "
+                "version, can leave it so); it was renamed to %s and a new file started.",
+                path, kept.name,
+            )  # fmt: skip
+            self._file = _hdf5_durable.open_file(str(path), "a")
+        # An empty file is what a kill leaves while the history was being copied into it.
+        self._has_own_history = bool(dataset_names(self._file))
 
     def _scalar_run(self, run: List[tuple]) -> None:
         buffers = self._buffers
@@ -161,6 +180,23 @@ class HDF5Backend(RecorderBackend):
             name, shape=(0,) + block.shape[1:], maxshape=(None,) + block.shape[1:],
             dtype=block.dtype, chunks=(_chunk_rows(block),) + block.shape[1:],
         )  # fmt: skip
+
+
+def _unreadable(path: Path) -> bool:
+    """Whether ``path`` exists and its content is not an HDF5 file any reader opens.
+
+    Opened read-only and without HDF5's file lock, so a file another process holds open
+    (locked) or one this process may not read is not taken for a broken one.
+    """
+    import h5py
+
+    if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
+        return False
+    try:
+        h5py.File(path, "r", locking=False).close()
+    except OSError:
+        return True
+    return False
 
 
 def _chunk_rows(block: np.ndarray) -> int:

@@ -382,5 +382,7 @@ class Recorder(_Handover):
         """
         point = _resume.resume_point(state)
         self._count = point.step
-        if self._wants_resume and not self._closed and not self._silent:
+        if not self._closed and not self._silent:
+            # Also without a backend that trims: the writer's tally of the values at this
+            # count starts from the loaded one, which the next checkpoint carries on.
             self._put(RESUME, None, point, point.step)

@@ -42,6 +42,16 @@ class Tally:
             self._restart(step)
         self._counts.setdefault(kind, Counter())[tag] += 1
 
+    def resume(self, step: int, recorded: Optional[Dict[str, Dict[str, int]]]) -> None:
+        """Start from a loaded checkpoint: at ``step``, ``recorded`` values are already kept.
+
+        A run resumed at a count and checkpointed again at the same count must say that
+        these values are there, or the next resume would drop them.
+        """
+        self._restart(step)
+        for kind, tags in (recorded or {}).items():
+            self._counts[kind] = Counter(tags)
+
     def counts_at(self, step: int) -> Dict[str, Dict[str, int]]:
         """``{kind: {tag: n}}`` of the values at ``step``; empty when none arrived there."""
         if step != self.step:

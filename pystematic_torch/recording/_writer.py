@@ -86,6 +86,7 @@ class Writer:
         self._backends: List[RecorderBackend] = list(backends)
         self._output_dir = output_dir
         self._flush_secs = flush_secs
+        self._next_flush = time.monotonic() + flush_secs
         self._on_failure = on_failure
         self._handlers: Dict[int, list] = {}
         self._scalar_handlers: list = []
@@ -179,7 +180,7 @@ class Writer:
 
     def _run(self) -> None:
         try:
-            last_flush = time.monotonic()
+            self._next_flush = time.monotonic() + self._flush_secs
             while True:
                 self._wake.wait(_POLL_SECONDS)
                 self._wake.clear()
@@ -188,9 +189,7 @@ class Writer:
                     self._drain()
                 if stopping:
                     break
-                if self._opened and time.monotonic() - last_flush > self._flush_secs:
-                    self._flush_backends()
-                    last_flush = time.monotonic()
+                self._flush_if_due()
             self._close_backends()
         except BaseException as error:  # noqa: B036 - reported to the user, not swallowed
             self._fail(None, "running the writer thread", error)
@@ -208,6 +207,9 @@ class Writer:
             kinds = set(map(_KIND, batch))
             if not self._opened and not kinds <= _QUIET:
                 self._open_backends()
+            # A loop that records without pause keeps the queue from ever emptying: the
+            # periodic flush is due between batches too, or a kill would lose everything.
+            self._flush_if_due()
             if kinds == _ONLY_SCALARS:
                 self._write_scalars(batch)
                 continue
@@ -224,6 +226,11 @@ class Writer:
                 self._dispatch(item)
             if run:
                 self._write_scalars(run)
+
+    def _flush_if_due(self) -> None:
+        if self._opened and time.monotonic() >= self._next_flush:
+            self._flush_backends()
+            self._next_flush = time.monotonic() + self._flush_secs
 
     def _write_scalars(self, run: list) -> None:
         if not set(map(type, map(_VALUE, run))) <= _NUMBER_TYPES:
@@ -261,6 +268,8 @@ class Writer:
                 self._flush_backends()
             value.set()
             return
+        if kind == RESUME:
+            self._tally.resume(value.step, value.recorded)
         if kind == CAPTURE:
             value.counts = self._tally.counts_at(value.step)
             value.done.set()

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import h5py
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
 from pystematic_torch.data import HDF5Dataset
+from pystematic_torch.recording import Recorder
 
 RECORDING_FOREVER = textwrap.dedent("""
     import sys
@@ -123,3 +125,101 @@ def test_compressed_hdf5_writers_and_frequent_flushes_survive_kills_too(tmp_path
         durable = run_and_kill(directory, markers=2 + attempt, flush_secs=0.05,
                                compression="gzip")  # fmt: skip
         check_everything_up_to(directory, durable)
+
+
+# -- the periodic flush, when the loop records without pause --------------------------------
+
+RECORDING_WITHOUT_PAUSE = textwrap.dedent("""
+    import sys, time
+    from pystematic_torch.recording import Recorder
+
+    recorder = Recorder(sys.argv[1], hdf5=True, flush_secs=0.3, max_pending=10_000)
+    step = 0
+    while True:
+        recorder.scalar("loss", float(step))
+        recorder.step()
+        step += 1
+        if step % 5000 == 0:
+            print(f"AT {step} {time.monotonic()}", flush=True)
+""")
+
+
+@pytest.mark.timeout(180)
+def test_a_loop_that_never_pauses_still_gets_its_periodic_flushes(tmp_path):
+    # The writer never finds the queue empty here; its flushes must come all the same, so a
+    # kill loses only the last flush_secs (here 0.3 s, plus the writer's lag behind the
+    # loop, at most max_pending values; 2 s of margin for a loaded machine).
+    child = subprocess.Popen([sys.executable, "-c", RECORDING_WITHOUT_PAUSE, str(tmp_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    markers = []
+    try:
+        for line in child.stdout:
+            markers.append((int(line.split()[1]), float(line.split()[2])))
+            if markers[-1][1] - markers[0][1] > 4.0:
+                break
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+        child.stdout.close()
+        stderr = child.stderr.read()
+        child.stderr.close()
+    assert markers and markers[-1][1] - markers[0][1] > 4.0, stderr
+    last_time = markers[-1][1]
+    durable = max(step for step, at in markers if at <= last_time - 2.3)
+
+    with h5py.File(tmp_path / "recordings.h5", "r") as f:
+        assert len(f["loss"]) >= durable
+        assert f["loss"][:durable].tolist() == list(map(float, range(durable)))
+    loss = [int(step) for step, tag, _ in complete_csv_rows(tmp_path / "scalars.csv")[1:]]
+    assert loss[:durable] == list(range(durable))
+
+
+# -- recordings.h5 from the moment it exists --------------------------------------------------
+
+RECORDING_HDF5_ONLY = textwrap.dedent("""
+    import sys
+    from pystematic_torch.recording import Recorder
+
+    recorder = Recorder(sys.argv[1], tensorboard=False, file=False, hdf5=True, flush_secs=600)
+    step = 0
+    while True:
+        recorder.scalar("loss", float(step))
+        recorder.step()
+        step += 1
+""")
+
+
+@pytest.mark.timeout(180)
+def test_a_kill_before_the_first_flush_leaves_an_hdf5_file_that_opens(tmp_path):
+    for attempt in range(3):
+        directory = tmp_path / str(attempt)
+        child = subprocess.Popen([sys.executable, "-c", RECORDING_HDF5_ONLY, str(directory)],
+                                 stderr=subprocess.PIPE)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while not (directory / "recordings.h5").exists() and child.poll() is None:
+                assert time.monotonic() < deadline, "the recorder created no file in 60 s"
+                time.sleep(0.001)  # polling for the file; the kill follows at once
+            child.send_signal(signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait(timeout=60)
+            stderr = child.stderr.read()
+            child.stderr.close()
+        assert child.returncode == -signal.SIGKILL, stderr
+        with h5py.File(directory / "recordings.h5", "r") as f:
+            loss = f["loss"][:].tolist() if "loss" in f else []
+        assert loss == list(map(float, range(len(loss))))
+
+
+def test_an_hdf5_file_that_does_not_open_is_kept_aside_and_recording_goes_on(tmp_path, caplog):
+    broken = b"\x89HDF\r\n\x1a\n" + bytes(96)  # a signature, then nothing a reader can use
+    (tmp_path / "recordings.h5").write_bytes(broken)
+    with Recorder(tmp_path, tensorboard=False, file=False, hdf5=True) as recorder:
+        recorder.scalar("loss", 1.0)
+    (kept,) = tmp_path.glob("recordings.h5.unreadable-*")
+    assert kept.read_bytes() == broken
+    assert "renamed to recordings.h5.unreadable-" in caplog.text
+    with h5py.File(tmp_path / "recordings.h5", "r") as f:
+        assert f["loss"][:].tolist() == [1.0]

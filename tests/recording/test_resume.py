@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_file_loader import LegacyEventFi
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from pystematic_torch import _session
+from pystematic_torch import _hdf5_durable, _session
 from pystematic_torch.recording import Recorder
 
 CHECKPOINT_STEP = 6
@@ -193,6 +193,50 @@ def test_state_dict_counts_what_was_recorded_at_the_count_before_it(tmp_path):
         "scalar": {"a": 2, "b": 1}, "text": {"t": 1}, "array": {"arr": 1}, "params": {"": 1}
     }
     assert state["output_dir"] == str(tmp_path.resolve())
+
+
+def test_a_run_resumed_and_checkpointed_again_at_the_same_count_keeps_that_counts_values(
+    tmp_path,
+):
+    # Resumed at count 4 and preempted again before its first step: the second checkpoint
+    # is at the same count, and must still say what the first run recorded there.
+    with Recorder(tmp_path, hdf5=True) as recorder:
+        for step in range(4):
+            recorder.scalar("train/loss", float(step))
+            recorder.step()
+        recorder.scalar("val/acc", 0.5)
+        recorder.text("notes", "epoch 1")
+        first = recorder.state_dict()
+    with Recorder(tmp_path, hdf5=True) as recorder:
+        recorder.load_state_dict(first)
+        recorder.scalar("val/loss", 0.25)  # at the same count, after the resume
+        second = recorder.state_dict()
+    assert second["recorded_at_count"] == {
+        "scalar": {"val/acc": 1, "val/loss": 1}, "text": {"notes": 1}
+    }
+    with Recorder(tmp_path, hdf5=True) as recorder:
+        recorder.load_state_dict(second)
+        recorder.scalar("train/loss", 4.0)
+    expected = [(s, "train/loss", float(s)) for s in range(4)] + [
+        (4, "val/acc", 0.5), (4, "val/loss", 0.25), (4, "train/loss", 4.0)
+    ]
+    assert scalar_rows(tmp_path) == expected
+    assert tensorboard_scalars(tmp_path) == [(s, t, pytest.approx(v)) for s, t, v in expected]
+    with h5py.File(tmp_path / "recordings.h5", "r") as f:
+        assert f["val/acc"][:].tolist() == [0.5] and f["val/loss"][:].tolist() == [0.25]
+    with open(tmp_path / "text.csv", newline="", encoding="utf-8") as handle:
+        assert list(csv.reader(handle))[1:] == [["4", "notes", "epoch 1"]]
+
+
+def test_an_empty_hdf5_file_left_by_a_kill_during_the_copy_gets_the_history(tmp_path):
+    # The copy into a new directory is flushed only once complete: a kill in the middle
+    # leaves the file as it was created, empty, and the next resume copies again.
+    first, second = tmp_path / "first", tmp_path / "second"
+    record_until_abandoned(first, tmp_path / "checkpoint.pt")
+    second.mkdir()
+    _hdf5_durable.open_file(str(second / "recordings.h5"), "a").close()
+    resume(second, tmp_path / "checkpoint.pt")
+    check_history(second)
 
 
 # -- a kill in the middle of rewriting the event files ------------------------------------

@@ -1,5 +1,6 @@
 """HDF5 recordings: one growing dataset per tag, with its steps beside it."""
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -159,7 +160,10 @@ class HDF5Backend(RecorderBackend):
         if not steps:
             return
         first = np.asarray(values[0])
-        data = np.asarray(values, dtype=np.float64 if first.ndim == 0 else first.dtype)
+        try:
+            data = np.asarray(values, dtype=np.float64 if first.ndim == 0 else first.dtype)
+        except OverflowError:  # an int beyond float64: +-inf, as TensorBoard stores it
+            data = np.asarray([_as_float(value) for value in values], dtype=np.float64)
         for name, block in ((tag, data), (tag + _STEPS, np.asarray(steps, dtype=np.int64))):
             if name not in self._file:
                 self._create(name, block)
@@ -180,6 +184,13 @@ class HDF5Backend(RecorderBackend):
             name, shape=(0,) + block.shape[1:], maxshape=(None,) + block.shape[1:],
             dtype=block.dtype, chunks=(_chunk_rows(block),) + block.shape[1:],
         )  # fmt: skip
+
+
+def _as_float(number: Any) -> float:
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
 
 
 def _unreadable(path: Path) -> bool:

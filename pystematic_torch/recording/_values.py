@@ -59,7 +59,7 @@ def scalar(tag: str, value: Any) -> Any:
             # allocator sees no use of the copy on another stream.
             return (copy, torch.cuda.current_stream(copy.device))
         return copy
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return int(value)
     if isinstance(value, numbers.Real):
         return float(value) if isinstance(value, (float, np.floating)) else int(value)

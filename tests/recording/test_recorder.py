@@ -499,3 +499,21 @@ def test_the_session_ends_with_how_the_recorder_was_left(tmp_path):
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 1 and "nobody caught me" in result.stderr
     assert session_status(tmp_path / "uncaught")[0] == api_pb2.STATUS_FAILURE
+
+
+def test_numpy_bools_and_ints_beyond_a_float_are_recorded_by_every_backend(tmp_path):
+    huge = 10**400
+    with Recorder(tmp_path, hdf5=True) as recorder:
+        recorder.scalar("flag", np.bool_(True))
+        recorder.scalar("count", huge)
+        recorder.scalar("count", -huge)
+        recorder.scalar("count", 3)
+    assert read_csv(tmp_path / "scalars.csv")[1:] == [
+        ["0", "flag", "1"], ["0", "count", str(huge)], ["0", "count", str(-huge)],
+        ["0", "count", "3"],
+    ]
+    events = read_events(tmp_path)
+    assert [e.value for e in events.Scalars("count")] == [float("inf"), float("-inf"), 3.0]
+    with h5py.File(tmp_path / "recordings.h5", "r") as f:
+        assert f["flag"][:].tolist() == [1.0]
+        assert f["count"][:].tolist() == [float("inf"), float("-inf"), 3.0]

@@ -3,7 +3,7 @@
     python benchmarks/shuffle_cost.py              # 60 rounds
     python benchmarks/shuffle_cost.py --rounds 200
 
-``loop.py`` finds our loop about 1.1x a hand-written one over batches sliced before the
+``loop.py`` finds our loop 1.06-1.10x a hand-written one over batches sliced before the
 clock starts, and the same as a hand-written loop that shuffles. This script splits that
 difference. It trains loop.py's model (one torch thread) for one epoch at a time over:
 

@@ -7,9 +7,10 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..errors import RecorderError
 from ._backend import RecordedImage, RecorderBackend, ResumePoint
+from ._csv_repair import check_and_repair
 from ._event_history import sync_directory
+from ._file_handles import sync_and_close
 
 __all__ = ["FileBackend"]
 
@@ -88,17 +89,17 @@ class FileBackend(RecorderBackend):
             os.fsync(handle.fileno())
 
     def close(self) -> None:
-        self.flush()
-        for handle, _ in self._files.values():
-            handle.close()
+        handles = [handle for handle, _ in self._files.values()]
         self._files.clear()
+        sync_and_close(handles)
 
     def _csv(self, name: str) -> Tuple[Any, Any]:
         if name not in self._files:
             path = self._dir / name
+            if path.exists() and path.stat().st_size > 0:
+                check_and_repair(path, _HEADERS[name])
+            # After the repair: a crash can leave no more than a part of the header.
             fresh = not path.exists() or path.stat().st_size == 0
-            if not fresh:
-                _check_and_repair(path, _HEADERS[name])
             handle = open(path, "a", newline="", encoding="utf-8")
             writer = csv.writer(handle)
             if fresh:
@@ -109,14 +110,12 @@ class FileBackend(RecorderBackend):
     def _rewrite(self, name: str, point: ResumePoint, source: Optional[Path]) -> None:
         """Rewrite ``name`` to hold the resumed run's history (source rows, then own rows)."""
         if name in self._files:
-            handle = self._files.pop(name)[0]
-            handle.flush()
-            handle.close()
+            sync_and_close([self._files.pop(name)[0]])
         path = self._dir / name
         rows: List[List[str]] = []
         for origin in (source, path):
             if origin is not None and origin.exists():
-                _check_and_repair(origin, _HEADERS[name])
+                check_and_repair(origin, _HEADERS[name])
                 with open(origin, newline="", encoding="utf-8") as handle:
                     rows.extend(list(csv.reader(handle))[1:])
         keep, kind = point.keeper(), _KINDS[name]
@@ -172,34 +171,3 @@ def _has_rows(path: Path) -> bool:
     with open(path, "rb") as handle:
         handle.readline()
         return bool(handle.read(1))
-
-
-def _check_and_repair(path: Path, header: Tuple[str, ...]) -> None:
-    """Check an existing CSV's header and cut off a last row left half-written by a crash."""
-    with open(path, "rb+") as handle:
-        first = handle.readline().rstrip(b"\r\n").decode("utf-8", "replace")
-        if first != ",".join(header):
-            raise RecorderError(
-                f"{path} exists with the header {first!r}, not {','.join(header)!r}; move it "
-                "away or record into another output_dir."
-            )
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(max(0, size - 1))
-        if handle.read(1) != b"\n":
-            data_end = _last_newline(handle, size)
-            handle.truncate(data_end)
-
-
-def _last_newline(handle: Any, size: int) -> int:
-    block = 4096
-    position = size
-    while position > 0:
-        start = max(0, position - block)
-        handle.seek(start)
-        chunk = handle.read(position - start)
-        index = chunk.rfind(b"\n")
-        if index >= 0:
-            return start + index + 1
-        position = start
-    return 0

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _event_history, _events, _hparams
 from ._backend import RecordedImage, RecorderBackend, ResumePoint
+from ._file_handles import sync_and_close
 
 __all__ = ["TensorBoardBackend"]
 
@@ -119,14 +120,12 @@ class TensorBoardBackend(RecorderBackend):
             os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        if self._file is not None:
-            self.flush()
-            self._close_file()
+        self._close_file()
 
     def _close_file(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            handle, self._file = self._file, None
+            sync_and_close([handle])
 
     def _new_path(self) -> Path:
         # TensorBoard's own naming, which its readers look for, then our suffix.

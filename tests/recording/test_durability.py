@@ -4,8 +4,10 @@ Each test runs a real process that records without pause (Recorder with TensorBo
 and HDF5, and an HDF5Writer beside it) and makes its recordings durable every 40 steps, as
 ``save_checkpoint`` does, printing a marker after each. The test kills it right after a
 marker, while it goes on recording, and then reads the files with their own readers.
+Files cut where a kill can cut them (a CSV inside a quoted field) are also written by hand.
 """
 import csv
+import io
 import signal
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import pytest
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
 from pystematic_torch.data import HDF5Dataset
-from pystematic_torch.recording import Recorder
+from pystematic_torch.recording import Recorder, _csv_repair
 
 RECORDING_FOREVER = textwrap.dedent("""
     import sys
@@ -223,3 +225,65 @@ def test_an_hdf5_file_that_does_not_open_is_kept_aside_and_recording_goes_on(tmp
     assert "renamed to recordings.h5.unreadable-" in caplog.text
     with h5py.File(tmp_path / "recordings.h5", "r") as f:
         assert f["loss"][:].tolist() == [1.0]
+
+
+# -- CSV files cut inside a quoted field ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, torn_row, cut_after",
+    [
+        ("text.csv", (2, "notes", "line 1\nline 2"), "line 1\nli"),  # inside, after an LF
+        ("text.csv", (2, "notes", 'a "b",\r\nc'), 'a ""b"",\r\n'),  # ends in CRLF, inside
+        ("text.csv", (2, "notes", "x\ny"), 'x\ny"\r'),  # CRLF cut after its CR, outside
+        ("scalars.csv", (2, 'eval/"top,1"\nof 5', 0.5), 'eval/""top,1""\n'),  # a quoted tag
+    ],
+)
+def test_a_row_cut_inside_a_quoted_field_is_cut_off_on_append(tmp_path, name, torn_row, cut_after):
+    header = {"text.csv": ["step", "tag", "text"], "scalars.csv": ["step", "tag", "value"]}[name]
+    whole_rows = [header, ["0", "notes", 'first\n"quoted",\nlast'], ["1", "a,b", "plain"]]
+    out = io.StringIO(newline="")
+    csv.writer(out).writerows([*whole_rows, torn_row])
+    written = out.getvalue()
+    start = written.index(f"\r\n{torn_row[0]},")
+    (tmp_path / name).write_bytes(written[: written.index(cut_after, start) + len(cut_after)]
+                                  .encode())  # fmt: skip
+    with Recorder(tmp_path, tensorboard=False) as recorder:
+        recorder.count = 5
+        recorder.text("notes", "after restart")
+        recorder.scalar("notes", 2.0)
+        recorder.step()
+        recorder.text("notes", "and more")
+        recorder.scalar("notes", 3.0)
+    new_rows = {"text.csv": [["5", "notes", "after restart"], ["6", "notes", "and more"]],
+                "scalars.csv": [["5", "notes", "2.0"], ["6", "notes", "3.0"]]}[name]  # fmt: skip
+    with open(tmp_path / name, newline="", encoding="utf-8") as handle:
+        assert list(csv.reader(handle)) == whole_rows + new_rows
+
+
+def test_repairing_a_large_csv_reads_only_its_end_when_that_settles_it(tmp_path, monkeypatch):
+    rows = "".join(f'{step},notes,"entry {step}\nsecond line"\r\n' for step in range(200_000))
+    torn = f'step,tag,text\r\n{rows}200000,notes,"entry 200000\nsecond li'
+    (tmp_path / "text.csv").write_text(torn, newline="", encoding="utf-8")
+    size = len(torn.encode())
+    read = []
+
+    class CountingFile(io.FileIO):
+        def read(self, size=-1):
+            data = super().read(size)
+            read.append(len(data))
+            return data
+
+    def counting_open(path, mode="r", **kwargs):
+        if mode == "rb+":
+            return CountingFile(path, "r+")
+        return open(path, mode, **kwargs)
+
+    monkeypatch.setattr(_csv_repair, "open", counting_open, raising=False)
+    with Recorder(tmp_path, tensorboard=False) as recorder:
+        recorder.count = 200_001
+        recorder.text("notes", "after restart")
+    assert 0 < sum(read) < size // 50  # the header, and a block from the end
+    with open(tmp_path / "text.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert len(rows) == 200_002 and rows[-1] == ["200001", "notes", "after restart"]

@@ -100,10 +100,19 @@ class HDF5Backend(RecorderBackend):
         _hdf5_durable.flush(self._file)
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._file is None:
+            return
+        try:
             self.flush()
-            self._file.close()
-            self._file = None
+        finally:
+            # Closed now even when the flush failed (a full disk): left to the garbage
+            # collector, HDF5 would write its cached structure whenever that ran, perhaps
+            # after another recorder had written to the file.
+            handle, self._file = self._file, None
+            try:
+                handle.close()
+            except Exception:  # noqa: BLE001 - the flush's error is the one reported
+                logger.debug("Closing %s after a failed flush failed too.", self._filename)
 
     def _truncate(self, point: ResumePoint) -> None:
         """Cut every tag of the own file down to the resumed run's history."""

@@ -16,11 +16,12 @@ import subprocess
 import sys
 import textwrap
 
+import h5py
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
 from pystematic_torch import RecorderError
-from pystematic_torch.recording import Recorder, _files, _tensorboard
+from pystematic_torch.recording import Recorder, _files, _hdf5, _tensorboard
 
 # The disk fills up (here: a file size limit, which fails writes with EFBIG as a full disk
 # fails them with ENOSPC) until both file backends have failed, and the recorder is closed;
@@ -174,3 +175,28 @@ def test_a_backend_failed_on_a_full_disk_keeps_nothing_to_write_later(
                 for event in LegacyEventFileLoader(str(path)).Load()
                 for value in event.summary.value if value.tag == "loss"]  # fmt: skip
         assert loss == [(0, 1.0), (10, 3.0)]
+
+
+def test_the_hdf5_backend_failed_on_a_full_disk_closes_its_file(tmp_path, monkeypatch):
+    recorder = Recorder(tmp_path, tensorboard=False, file=False, hdf5=True)
+    recorder.scalar("loss", 1.0)
+    recorder.flush()
+    (backend,) = recorder._writer._backends
+    handle = backend._file
+
+    def full_disk(handle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_hdf5._hdf5_durable, "flush", full_disk)
+    recorder.scalar("loss", 2.0)
+    with pytest.raises(RecorderError, match=r"'hdf5' failed flushing: OSError: \[Errno 28\]"):
+        recorder.flush()
+    recorder.close()
+    assert not handle.id.valid  # closed now, not by the garbage collector some day
+
+    monkeypatch.undo()
+    with Recorder(tmp_path, tensorboard=False, file=False, hdf5=True) as recorder:
+        recorder.count = 10
+        recorder.scalar("loss", 3.0)
+    with h5py.File(tmp_path / "recordings.h5", "r") as f:
+        assert f["loss.steps"][:].tolist()[-1] == 10 and f["loss"][:].tolist()[-1] == 3.0

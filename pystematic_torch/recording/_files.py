@@ -38,6 +38,8 @@ class FileBackend(RecorderBackend):
         self._files: Dict[str, Tuple[Any, Any]] = {}
         self._history: Dict[str, bool] = {}
         self._plain_tags: Set[str] = set()
+        # Images written since the last flush, which syncs them.
+        self._unsynced: Set[Path] = set()
 
     def open(self, output_dir: Optional[Path]) -> None:
         self._dir = Path(output_dir)
@@ -73,7 +75,8 @@ class FileBackend(RecorderBackend):
     def image(self, tag: str, image: RecordedImage, step: int) -> None:
         folder = self._dir / "images" / _image_folder(tag)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{step:08d}.png").write_bytes(image.png)
+        _write_whole(folder / f"{step:08d}.png", image.png)
+        self._unsynced.add(folder / f"{step:08d}.png")
 
     def resume(self, point: ResumePoint) -> None:
         for name in _HEADERS:
@@ -87,6 +90,8 @@ class FileBackend(RecorderBackend):
         for handle, _ in self._files.values():
             handle.flush()
             os.fsync(handle.fileno())
+        _sync_files(self._unsynced)
+        self._unsynced.clear()
 
     def close(self) -> None:
         handles = [handle for handle, _ in self._files.values()]
@@ -136,16 +141,61 @@ class FileBackend(RecorderBackend):
         own = self._dir / "images"
         source = None if self._history["images"] else point.source_for(self._dir)
         if source is not None and (source / "images").is_dir():
+            # Copied into a folder of another name that becomes ``images`` once complete:
+            # a kill in the middle leaves no ``images``, and the next resume copies again.
+            copying = self._dir / ".images.copying"
+            shutil.rmtree(copying, ignore_errors=True)
+            copied = []
             for png, folder, step in _pngs(source / "images"):
                 if step < point.step or (step == point.step and folder in kept_tags):
-                    destination = own / png.relative_to(source / "images")
+                    destination = copying / png.relative_to(source / "images")
                     destination.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(png, destination)
+                    copied.append(destination)
+            _sync_files(copied)
+            if copied and not own.exists():
+                os.replace(copying, own)
+                sync_directory(self._dir)
+            elif copied:  # images were recorded before the resume: merged into them
+                for destination in copied:
+                    target = own / destination.relative_to(copying)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(destination, target)
+            shutil.rmtree(copying, ignore_errors=True)
             return
         if own.is_dir():
             for png, folder, step in _pngs(own):
                 if step > point.step or (step == point.step and folder not in kept_tags):
                     png.unlink()
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write ``path`` under another name first: a kill or a full disk leaves no torn file."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(data)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _sync_files(paths) -> None:
+    """fsync every file in ``paths`` and then each of their folders (new names in them)."""
+    synced = []
+    for path in paths:
+        try:
+            handle = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # deleted since (a resume drops abandoned images)
+            continue
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+        synced.append(path)
+    for folder in {path.parent for path in synced}:
+        sync_directory(folder)
 
 
 def _pngs(root: Path):

@@ -17,6 +17,7 @@ import sys
 import textwrap
 
 import h5py
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
@@ -200,3 +201,27 @@ def test_the_hdf5_backend_failed_on_a_full_disk_closes_its_file(tmp_path, monkey
         recorder.scalar("loss", 3.0)
     with h5py.File(tmp_path / "recordings.h5", "r") as f:
         assert f["loss.steps"][:].tolist()[-1] == 10 and f["loss"][:].tolist()[-1] == 3.0
+
+
+class HalfWritten(io.FileIO):
+    """A file for writing that takes half of the first write, then fails as a full disk."""
+
+    def write(self, data):
+        super().write(bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_an_image_the_disk_has_no_room_for_leaves_no_torn_png(tmp_path, monkeypatch):
+    def open_half_written(path, mode="r", **kwargs):
+        return HalfWritten(path, "w") if mode == "wb" else open(path, mode, **kwargs)
+
+    with Recorder(tmp_path, tensorboard=False) as recorder:
+        recorder.image("sample", np.zeros((4, 4)))
+        recorder.flush()
+        monkeypatch.setattr(_files, "open", open_half_written, raising=False)
+        recorder.step()
+        recorder.image("sample", np.ones((4, 4)))
+        with pytest.raises(RecorderError, match=r"'files' failed .*Errno 28"):
+            recorder.flush()
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["images/sample/00000000.png", "scalars.csv"]

@@ -239,6 +239,42 @@ def test_an_empty_hdf5_file_left_by_a_kill_during_the_copy_gets_the_history(tmp_
     check_history(second)
 
 
+KILLED_COPYING_IMAGES = textwrap.dedent("""
+    import os, shutil, signal, sys, torch
+    from pystematic_torch.recording import Recorder
+
+    real_copyfile, copied = shutil.copyfile, []
+    def copyfile(source, destination):  # killed after the third image of the history
+        real_copyfile(source, destination)
+        copied.append(destination)
+        if len(copied) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+    shutil.copyfile = copyfile
+    state = torch.load(sys.argv[2], weights_only=True)["recorder"]
+    recorder = Recorder(sys.argv[1], hdf5=True)
+    recorder.load_state_dict(state)
+    recorder.flush()
+    print("the copy was not interrupted", flush=True)
+""")
+
+
+@pytest.mark.timeout(120)
+def test_a_kill_while_the_history_is_copied_into_a_new_directory_is_made_good_by_the_next(
+    tmp_path,
+):
+    first, second = tmp_path / "first", tmp_path / "second"
+    record_until_abandoned(first, tmp_path / "checkpoint.pt")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_COPYING_IMAGES, str(second), str(tmp_path / "checkpoint.pt")],
+        capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert not (second / "images").exists()  # the copied images are not taken for its own
+    resume(second, tmp_path / "checkpoint.pt")
+    check_history(second)
+    assert not [p for p in second.iterdir() if p.name.startswith(".")]
+
+
 # -- a kill in the middle of rewriting the event files ------------------------------------
 
 KILLED_REWRITE = textwrap.dedent("""

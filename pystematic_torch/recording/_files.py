@@ -43,6 +43,12 @@ class FileBackend(RecorderBackend):
 
     def open(self, output_dir: Optional[Path]) -> None:
         self._dir = Path(output_dir)
+        # Repaired before anything is judged by them: a file holding only its header and a
+        # row cut short has no history.
+        for name, header in _HEADERS.items():
+            path = self._dir / name
+            if path.exists() and path.stat().st_size > 0:
+                check_and_repair(path, header)
         self._history = {name: _has_rows(self._dir / name) for name in _HEADERS}
         self._history["images"] = (self._dir / "images").is_dir()
         self._csv("scalars.csv")
@@ -101,9 +107,7 @@ class FileBackend(RecorderBackend):
     def _csv(self, name: str) -> Tuple[Any, Any]:
         if name not in self._files:
             path = self._dir / name
-            if path.exists() and path.stat().st_size > 0:
-                check_and_repair(path, _HEADERS[name])
-            # After the repair: a crash can leave no more than a part of the header.
+            # Repaired in open(); a crash can leave no more than a part of the header.
             fresh = not path.exists() or path.stat().st_size == 0
             handle = open(path, "a", newline="", encoding="utf-8")
             writer = csv.writer(handle)

@@ -239,6 +239,15 @@ def test_an_empty_hdf5_file_left_by_a_kill_during_the_copy_gets_the_history(tmp_
     check_history(second)
 
 
+def test_a_csv_holding_only_its_header_and_a_torn_row_is_no_history_of_its_own(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    record_until_abandoned(first, tmp_path / "checkpoint.pt")
+    second.mkdir()
+    (second / "scalars.csv").write_bytes(b"step,tag,value\r\n0,train/lo")  # killed there
+    resume(second, tmp_path / "checkpoint.pt")
+    check_history(second)
+
+
 KILLED_COPYING_IMAGES = textwrap.dedent("""
     import os, shutil, signal, sys, torch
     from pystematic_torch.recording import Recorder

@@ -92,6 +92,7 @@ def teardown(error: Optional[BaseException]) -> None:
     """The experiment ended: save a preempted Context, flush, leave the job."""
     global _teardown_error, _sigchld_handler
     from .distributed import _job, _preemption
+    from .distributed._supervise import JobFailed
 
     _teardown_error = None
     if error is not None:
@@ -100,7 +101,13 @@ def teardown(error: Optional[BaseException]) -> None:
         # pystematic kills leftover children next, DataLoader workers among them; torch's
         # SIGCHLD handler would report each as a failure of the run.
         _sigchld_handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    _job.notify(error)
+    try:
+        _job.notify(error)
+    except JobFailed:
+        # The monitor queued its stop (a peer is gone) just before this thread told it the
+        # run was ending; raised here, it would cut the teardown short. The run ends anyway,
+        # with the error it had; the monitor has now stood back.
+        _job.notify(error)
     how = _outcome_of(error)
     try:
         if how == _session.PREEMPTED:

@@ -85,6 +85,9 @@ class Supervisor:
         #: Whether the monitor has printed why this rank stops.
         self.announced = False
         self._main_ending = threading.Event()
+        # Makes the monitor's "is the main thread still running the experiment? then stop
+        # it" one step, which the main thread's "I am ending" cannot fall between.
+        self._abort_lock = threading.Lock()
         self._parent_pid = os.getppid() if watch_parent else None
         self._main = threading.main_thread()
         self._stop = threading.Event()
@@ -117,8 +120,15 @@ class Supervisor:
             self._wakeup_read = None
 
     def main_thread_ending(self) -> None:
-        """The main thread has reached the experiment's teardown: the monitor stands back."""
-        self._main_ending.set()
+        """The main thread has reached the experiment's teardown: the monitor stands back.
+
+        A stop the monitor queued just before is cancelled if it has not surfaced yet;
+        if it has, the ``JobFailed`` was raised in this call (see ``_lifecycle.teardown``).
+        """
+        with self._abort_lock:
+            self._main_ending.set()
+            if threading.current_thread() is self._main:
+                _cancel_pending_stop(self._main)
 
     def find_cause(self, seconds: float) -> bool:
         """Look (for up to ``seconds``) for a failure elsewhere that explains this rank's
@@ -181,16 +191,18 @@ class Supervisor:
         return self._main_ending.is_set() or self.is_ending()
 
     def _abort(self, reason: str, code: int) -> None:
-        if self.failure is not None or self._ending():
-            return  # the main thread is already ending this rank
-        first, standing = self.rendezvous.report_failure(reason)
-        self.failure = (standing, code)
-        sys.stderr.write(f"[rank {self.rank}] Stopping this rank: {standing}.\n")
-        sys.stderr.flush()
-        self.announced = True
-        if code != 130:
-            # SIGINT already raises KeyboardInterrupt in the main thread once it runs Python.
-            _raise_in_main_thread(self._main, standing)
+        with self._abort_lock:
+            if self.failure is not None or self._ending():
+                return  # the main thread is already ending this rank
+            first, standing = self.rendezvous.report_failure(reason)
+            self.failure = (standing, code)
+            sys.stderr.write(f"[rank {self.rank}] Stopping this rank: {standing}.\n")
+            sys.stderr.flush()
+            self.announced = True
+            if code != 130:
+                # SIGINT already raises KeyboardInterrupt in the main thread once it runs
+                # Python.
+                _raise_in_main_thread(self._main, standing)
         deadline = time.monotonic() + GRACE_SECONDS
         while time.monotonic() < deadline and not self._ending():
             if self._stop.wait(self.poll_seconds):
@@ -264,6 +276,11 @@ def _raise_in_main_thread(main: threading.Thread, reason: str) -> None:
         ctypes.c_ulong(main.ident), ctypes.py_object(JobFailed)
     )
     _wake(main)
+
+
+def _cancel_pending_stop(main: threading.Thread) -> None:
+    # NULL as the exception clears the thread's pending asynchronous exception, if any.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(main.ident), None)
 
 
 def _wake(main: threading.Thread) -> None:

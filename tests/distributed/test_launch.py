@@ -71,6 +71,26 @@ def test_a_killed_rank_ends_the_whole_job(tmp_path, victim):
 
 
 @pytest.mark.timeout(150)
+def test_a_peer_lost_as_the_teardown_begins_does_not_cut_the_teardown_short(tmp_path):
+    # Rank 0 is killed; rank 1's main thread fails in its collective and starts its
+    # teardown, while its monitor, having found rank 0 gone, stops the main thread: the job
+    # script makes that stop land first, as it did at random.
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
+                          "--stop-queued-first", output=tmp_path), tmp_path)  # fmt: skip
+    job.wait_for(r"READY rank=\d", count=2)
+    processes = family(job)
+    pids = dict(re.findall(r"READY rank=(\d) world=2 pid=(\d+)", job.output))
+    os.kill(int(pids["0"]), signal.SIGKILL)
+    code, _ = job.finish(timeout=90)
+    assert code != 0
+    assert_all_gone(processes, within=20)
+    assert "STOP QUEUED DURING TEARDOWN" in job.output
+    assert "JobFailed" not in job.output, job.output
+    (run_dir,) = (tmp_path / "ddp-job").iterdir()
+    assert "Experiment ended" in (run_dir / "log.rank-1.txt").read_text()
+
+
+@pytest.mark.timeout(150)
 def test_sigint_to_the_main_process_ends_every_rank(tmp_path):
     job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
                        output=tmp_path), tmp_path)  # fmt: skip

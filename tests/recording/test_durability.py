@@ -55,21 +55,17 @@ def complete_csv_rows(path):
     return list(csv.reader(data.decode("utf-8").splitlines()))
 
 
-def run_and_kill(directory, markers, flush_secs=5.0, compression=""):
-    """Start the recording process, SIGKILL it after ``markers`` markers; the last step."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", RECORDING_FOREVER, str(directory), str(flush_secs),
-         compression],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    durable = None
+def read_then_kill(script, *args, enough):
+    """Run ``script`` with ``args``; SIGKILL it once ``enough(lines)`` holds for the lines it
+    has printed. Returns the lines and what it wrote to standard error."""
+    child = subprocess.Popen([sys.executable, "-c", script, *map(str, args)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines = []
     try:
         for line in child.stdout:
-            if line.startswith("CHECKPOINT"):
-                durable = int(line.split()[1])
-                markers -= 1
-                if markers == 0:
-                    break
+            lines.append(line)
+            if enough(lines):
+                break
         child.send_signal(signal.SIGKILL)
     finally:
         child.kill()
@@ -77,9 +73,19 @@ def run_and_kill(directory, markers, flush_secs=5.0, compression=""):
         child.stdout.close()
         stderr = child.stderr.read()
         child.stderr.close()
-    assert durable is not None, f"the recording process printed no marker: {stderr}"
-    assert child.returncode == -signal.SIGKILL
-    return durable
+    assert child.returncode == -signal.SIGKILL, stderr
+    return lines, stderr
+
+
+def run_and_kill(directory, markers, flush_secs=5.0, compression=""):
+    """Start the recording process, SIGKILL it after ``markers`` markers; the last step."""
+    lines, stderr = read_then_kill(
+        RECORDING_FOREVER, directory, flush_secs, compression,
+        enough=lambda lines: sum(line.startswith("CHECKPOINT") for line in lines) == markers,
+    )  # fmt: skip
+    checkpoints = [int(line.split()[1]) for line in lines if line.startswith("CHECKPOINT")]
+    assert checkpoints, f"the recording process printed no marker: {stderr}"
+    return checkpoints[-1]
 
 
 def check_everything_up_to(directory, durable):
@@ -151,22 +157,12 @@ def test_a_loop_that_never_pauses_still_gets_its_periodic_flushes(tmp_path):
     # The writer never finds the queue empty here; its flushes must come all the same, so a
     # kill loses only the last flush_secs (here 0.3 s, plus the writer's lag behind the
     # loop, at most max_pending values; 2 s of margin for a loaded machine).
-    child = subprocess.Popen([sys.executable, "-c", RECORDING_WITHOUT_PAUSE, str(tmp_path)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    markers = []
-    try:
-        for line in child.stdout:
-            markers.append((int(line.split()[1]), float(line.split()[2])))
-            if markers[-1][1] - markers[0][1] > 4.0:
-                break
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait(timeout=60)
-        child.stdout.close()
-        stderr = child.stderr.read()
-        child.stderr.close()
-    assert markers and markers[-1][1] - markers[0][1] > 4.0, stderr
+    lines, stderr = read_then_kill(
+        RECORDING_WITHOUT_PAUSE, tmp_path,
+        enough=lambda lines: float(lines[-1].split()[2]) - float(lines[0].split()[2]) > 4.0,
+    )  # fmt: skip
+    markers = [(int(line.split()[1]), float(line.split()[2])) for line in lines]
+    assert markers[-1][1] - markers[0][1] > 4.0, stderr
     last_time = markers[-1][1]
     durable = max(step for step, at in markers if at <= last_time - 2.3)
 

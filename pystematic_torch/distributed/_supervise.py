@@ -191,10 +191,13 @@ class Supervisor:
         return self._main_ending.is_set() or self.is_ending()
 
     def _abort(self, reason: str, code: int) -> None:
+        if self.failure is not None or self._ending():
+            return  # the main thread is already ending this rank
+        # Outside the lock: a store that does not answer must not hold up the teardown.
+        first, standing = self.rendezvous.report_failure(reason)
         with self._abort_lock:
             if self.failure is not None or self._ending():
-                return  # the main thread is already ending this rank
-            first, standing = self.rendezvous.report_failure(reason)
+                return
             self.failure = (standing, code)
             sys.stderr.write(f"[rank {self.rank}] Stopping this rank: {standing}.\n")
             sys.stderr.flush()

@@ -57,7 +57,7 @@ class HDF5Backend(RecorderBackend):
             if not _unreadable(path):
                 raise
             # A requeued job would otherwise fail at every restart; the file is kept.
-            kept = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+            kept = _free_name(path, f".unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
             os.replace(path, kept)
             logger.warning(
                 "%s does not open as an HDF5 file (a power loss, or a crash of an earlier "
@@ -213,10 +213,21 @@ def _unreadable(path: Path) -> bool:
     if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
         return False
     try:
-        h5py.File(path, "r", locking=False).close()
+        try:
+            h5py.File(path, "r", locking=False).close()
+        except (TypeError, ValueError):  # an h5py or HDF5 too old to open without the lock
+            h5py.File(path, "r").close()
     except OSError:
         return True
     return False
+
+
+def _free_name(path: Path, suffix: str) -> Path:
+    """``path`` with ``suffix`` added, and a number after it if that name is taken."""
+    candidate, number = path.with_name(path.name + suffix), 1
+    while candidate.exists():
+        candidate, number = path.with_name(f"{path.name}{suffix}.{number}"), number + 1
+    return candidate
 
 
 def _chunk_rows(block: np.ndarray) -> int:

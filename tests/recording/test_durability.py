@@ -213,11 +213,12 @@ def test_a_kill_before_the_first_flush_leaves_an_hdf5_file_that_opens(tmp_path):
 
 def test_an_hdf5_file_that_does_not_open_is_kept_aside_and_recording_goes_on(tmp_path, caplog):
     broken = b"\x89HDF\r\n\x1a\n" + bytes(96)  # a signature, then nothing a reader can use
-    (tmp_path / "recordings.h5").write_bytes(broken)
-    with Recorder(tmp_path, tensorboard=False, file=False, hdf5=True) as recorder:
-        recorder.scalar("loss", 1.0)
-    (kept,) = tmp_path.glob("recordings.h5.unreadable-*")
-    assert kept.read_bytes() == broken
+    for _ in range(2):  # the second is kept beside the first, also in the same second
+        (tmp_path / "recordings.h5").write_bytes(broken)
+        with Recorder(tmp_path, tensorboard=False, file=False, hdf5=True) as recorder:
+            recorder.scalar("loss", 1.0)
+    kept = sorted(tmp_path.glob("recordings.h5.unreadable-*"))
+    assert len(kept) == 2 and all(path.read_bytes() == broken for path in kept)
     assert "renamed to recordings.h5.unreadable-" in caplog.text
     with h5py.File(tmp_path / "recordings.h5", "r") as f:
         assert f["loss"][:].tolist() == [1.0]

@@ -11,8 +11,9 @@ uncompressed files can end with "bad object header version number". Files opened
 * never reuse space freed during a session (file space strategy ``"none"``, set when the
   file is created), so data written after the last flush cannot overwrite anything the
   structure on disk still points to;
-* are created under another name, flushed, and only then renamed into place, so a file
-  exists only once it is whole;
+* are created under another name, flushed, and only then renamed into place, so a new
+  file exists only once it is whole (an existing one opened with ``"w"`` is truncated in
+  place and flushed at once);
 * are flushed and synced by their owners at checkpoints, every few seconds and at close.
 
 A kill therefore leaves the file readable with at least everything written before its last
@@ -22,6 +23,7 @@ leaves files that plain readers refuse to open after a crash.
 
 Files created here need HDF5 1.10 (2017) or newer to read, for the file space strategy.
 """
+import contextlib
 import os
 import threading
 import time
@@ -39,8 +41,14 @@ def open_file(path: str, mode: str) -> Any:
     import h5py
 
     path = os.fspath(path)
-    creating = mode == "w" or (mode == "a" and not os.path.exists(path))
-    if not creating:
+    exists = os.path.exists(path)
+    if mode == "w" and exists:
+        # Truncated in place, as h5py does (which refuses a file this process holds open);
+        # a replacement file would leave open handles on the old one, writing into nothing.
+        handle = _without_evictions(h5py.File(path, "w", fs_strategy="none"))
+        flush(handle)
+        return handle
+    if exists:
         return _without_evictions(h5py.File(path, mode))
     # Until its first flush a new file is a superblock pointing at nothing, which no reader
     # opens: it is created under another name and renamed once flushed, so the file at
@@ -51,7 +59,10 @@ def open_file(path: str, mode: str) -> Any:
         flush(handle)
         os.replace(creating_path, path)
     except BaseException:
-        handle.close()
+        with contextlib.suppress(Exception):  # the flush's error is the one to report
+            handle.close()
+        with contextlib.suppress(OSError):
+            os.unlink(creating_path)
         raise
     return handle
 

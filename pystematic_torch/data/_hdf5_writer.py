@@ -51,8 +51,9 @@ class HDF5Writer:
             puts it on disk.
 
     Raises:
-        DataError: an unknown ``mode`` or ``compression``, or (in ``"a"`` mode) a file whose
-            datasets have different lengths.
+        DataError: an unknown ``mode`` or ``compression``, (in ``"a"`` mode) a file whose
+            datasets have different lengths, or a file that cannot be opened (for ``"w"``:
+            one this process still holds open).
 
     Example:
         >>> with HDF5Writer("predictions.h5", compression="gzip") as writer:  # doctest: +SKIP
@@ -91,7 +92,14 @@ class HDF5Writer:
         # Appends (training thread) and periodic flushes (flusher thread) take turns, so a
         # flush never writes a state in which some keys have more rows than others.
         self._lock = threading.Lock()
-        self._file = _hdf5_durable.open_file(self.path, mode)
+        try:
+            self._file = _hdf5_durable.open_file(self.path, mode)
+        except OSError as error:
+            raise DataError(
+                f"HDF5Writer could not open {self.path} with mode={mode!r} ({error}). If "
+                "another HDF5Writer or HDF5Dataset holds it open, close that one first; "
+                "mode='a' appends to an existing file."
+            ) from error
         self._file.attrs["rank"] = get_rank()
         self._file.attrs["num_processes"] = get_num_processes()
         self._keys: Optional[List[str]] = None

@@ -126,6 +126,22 @@ def test_writer_appends_chunked_compressed_rows(tmp_path):
     assert len(HDF5Dataset(path, keys=["logits", "step"])) == 18
 
 
+def test_a_writer_with_mode_w_never_replaces_a_file_that_is_still_open(tmp_path):
+    # A new file appears only once whole (created under another name); an existing one is
+    # truncated in place, so a handle still open on it cannot be left writing into nothing.
+    path = tmp_path / "rows.h5"
+    first = HDF5Writer(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.h5"]
+    with pytest.raises(DataError, match="rows.h5 with mode='w' .*already open.*close that one"):
+        HDF5Writer(path)
+    first.append(step=[5, 6])
+    first.close()
+    with HDF5Writer(path) as again:  # closed now: "w" starts it afresh
+        again.append(step=[7])
+    with h5py.File(path, "r") as handle:
+        assert handle["step"][:].tolist() == [7]
+
+
 def test_writer_errors_name_the_problem(tmp_path):
     with pytest.raises(DataError, match="mode='r' is not.*compression='zstd' is not"):
         HDF5Writer(tmp_path / "x.h5", mode="r", compression="zstd")

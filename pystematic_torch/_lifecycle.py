@@ -94,6 +94,14 @@ def teardown(error: Optional[BaseException]) -> None:
     from .distributed import _job, _preemption
     from .distributed._supervise import JobFailed
 
+    try:
+        _job.stand_back()
+    except JobFailed:
+        # The monitor queued its stop (a peer is gone) just before this thread told it the
+        # run was ending; raised anywhere later, it would cut the teardown short. The run
+        # ends anyway, with the error it had. (Before this function, pystematic's own code
+        # is exposed to it still, which only a stop that arrives in that instant reaches.)
+        _job.stand_back()
     _teardown_error = None
     if error is not None:
         _drop_torch_frames(error)
@@ -101,13 +109,7 @@ def teardown(error: Optional[BaseException]) -> None:
         # pystematic kills leftover children next, DataLoader workers among them; torch's
         # SIGCHLD handler would report each as a failure of the run.
         _sigchld_handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    try:
-        _job.notify(error)
-    except JobFailed:
-        # The monitor queued its stop (a peer is gone) just before this thread told it the
-        # run was ending; raised here, it would cut the teardown short. The run ends anyway,
-        # with the error it had; the monitor has now stood back.
-        _job.notify(error)
+    _job.notify(error)
     how = _outcome_of(error)
     try:
         if how == _session.PREEMPTED:

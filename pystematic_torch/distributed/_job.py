@@ -195,6 +195,13 @@ def _record_ranks(output_dir) -> None:
 # -- the end --------------------------------------------------------------------------------
 
 
+def stand_back() -> None:
+    """First thing in teardown: this rank's monitor no longer stops the main thread."""
+    job = _job
+    if job is not None and job.supervisor is not None:
+        job.supervisor.main_thread_ending()
+
+
 def notify(error: Optional[BaseException]) -> None:
     """At the start of teardown: tell the other ranks at once if this rank failed."""
     job = _job

@@ -199,13 +199,14 @@ class Supervisor:
             if self.failure is not None or self._ending():
                 return
             self.failure = (standing, code)
-            sys.stderr.write(f"[rank {self.rank}] Stopping this rank: {standing}.\n")
-            sys.stderr.flush()
             self.announced = True
             if code != 130:
                 # SIGINT already raises KeyboardInterrupt in the main thread once it runs
                 # Python.
                 _raise_in_main_thread(self._main, standing)
+        # After the lock: a full stderr pipe must not hold up the main thread's teardown.
+        sys.stderr.write(f"[rank {self.rank}] Stopping this rank: {standing}.\n")
+        sys.stderr.flush()
         deadline = time.monotonic() + GRACE_SECONDS
         while time.monotonic() < deadline and not self._ending():
             if self._stop.wait(self.poll_seconds):

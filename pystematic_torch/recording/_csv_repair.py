@@ -42,7 +42,11 @@ _AFTER_CLOSING = frozenset(b',\r"')
 def check_and_repair(path: Path, header: Tuple[str, ...]) -> None:
     """Check an existing CSV's header and cut off a last record left half-written by a crash."""
     with open(path, "rb+") as handle:
-        first = handle.readline().rstrip(b"\r\n").decode("utf-8", "replace")
+        line = handle.readline()
+        if not line.endswith(b"\n") and (",".join(header) + "\r\n").encode().startswith(line):
+            handle.truncate(0)  # cut inside the header: the file starts afresh
+            return
+        first = line.rstrip(b"\r\n").decode("utf-8", "replace")
         if first != ",".join(header):
             raise RecorderError(
                 f"{path} exists with the header {first!r}, not {','.join(header)!r}; move it "

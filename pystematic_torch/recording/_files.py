@@ -102,7 +102,11 @@ class FileBackend(RecorderBackend):
     def close(self) -> None:
         handles = [handle for handle, _ in self._files.values()]
         self._files.clear()
-        sync_and_close(handles)
+        try:
+            _sync_files(self._unsynced)
+            self._unsynced.clear()
+        finally:
+            sync_and_close(handles)
 
     def _csv(self, name: str) -> Tuple[Any, Any]:
         if name not in self._files:

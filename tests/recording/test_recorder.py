@@ -517,3 +517,14 @@ def test_numpy_bools_and_ints_beyond_a_float_are_recorded_by_every_backend(tmp_p
     with h5py.File(tmp_path / "recordings.h5", "r") as f:
         assert f["flag"][:].tolist() == [1.0]
         assert f["count"][:].tolist() == [float("inf"), float("-inf"), 3.0]
+
+
+@pytest.mark.parametrize("torn", [b"s", b"step,ta", b"step,tag,value\r"])
+def test_a_csv_cut_inside_its_header_starts_afresh(tmp_path, torn):
+    (tmp_path / "scalars.csv").write_bytes(torn)
+    (tmp_path / "text.csv").write_bytes(torn[:3])
+    with Recorder(tmp_path, tensorboard=False) as recorder:
+        recorder.scalar("loss", 1.0)
+        recorder.text("note", "hello")
+    assert read_csv(tmp_path / "scalars.csv") == [["step", "tag", "value"], ["0", "loss", "1.0"]]
+    assert read_csv(tmp_path / "text.csv") == [["step", "tag", "text"], ["0", "note", "hello"]]

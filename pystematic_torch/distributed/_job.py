@@ -203,11 +203,11 @@ def stand_back() -> None:
 
 
 def notify(error: Optional[BaseException]) -> None:
-    """At the start of teardown: tell the other ranks at once if this rank failed."""
+    """At the start of teardown, after :func:`stand_back`: tell the other ranks at once if
+    this rank failed."""
     job = _job
     if job is None or job.supervisor is None:
         return
-    job.supervisor.main_thread_ending()
     if error is None or isinstance(error, _preemption.Preempted):
         return
     if isinstance(error, JobFailed) and job.supervisor.failure is not None:

@@ -81,8 +81,9 @@ class FileBackend(RecorderBackend):
     def image(self, tag: str, image: RecordedImage, step: int) -> None:
         folder = self._dir / "images" / _image_folder(tag)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_whole(folder / f"{step:08d}.png", image.png)
-        self._unsynced.add(folder / f"{step:08d}.png")
+        path = folder / f"{step:08d}.png"
+        _write_whole(path, image.png)
+        self._unsynced.add(path)
 
     def resume(self, point: ResumePoint) -> None:
         for name in _HEADERS:
@@ -128,7 +129,8 @@ class FileBackend(RecorderBackend):
         rows: List[List[str]] = []
         for origin in (source, path):
             if origin is not None and origin.exists():
-                check_and_repair(origin, _HEADERS[name])
+                if origin is source:  # the own file was repaired in open()
+                    check_and_repair(origin, _HEADERS[name])
                 with open(origin, newline="", encoding="utf-8") as handle:
                     rows.extend(list(csv.reader(handle))[1:])
         keep, kind = point.keeper(), _KINDS[name]

@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional
 from .. import _rundir, _session
 from ..errors import LaunchError
 from . import _launch, _preemption, get_num_processes, get_rank, is_distributed
+from ._closing import LOST_PEER_SECONDS, all_ranks_arrive
 from ._rendezvous import Rendezvous
 from ._sockets import shut_down_peer_connections
 from ._supervise import (
@@ -38,9 +39,6 @@ logger = logging.getLogger("pystematic.torch.launch")
 
 RANKS_FILE = "ranks.json"
 _LAUNCHERS = {"local": "pystematic-torch", "torchrun": "torchrun", "slurm": "srun"}
-# A collective broken by a dead peer can fail before the monitor has seen the death: how
-# long to look for that cause before reporting the broken collective as the failure.
-LOST_PEER_SECONDS = 3.0
 _LOST_PEER_SIGNS = ("closed by peer", "reset by peer", "gloo/transport", "NCCL")
 
 
@@ -56,6 +54,9 @@ class _Job:
     children: Dict[int, Any] = dataclasses.field(default_factory=dict)
     supervisor: Optional[Supervisor] = None
     origin: bool = False
+    run_dir: Optional[pathlib.Path] = None
+    #: Another rank failed while this one, its experiment ended well, was leaving the job.
+    failed_at_close: bool = False
 
 
 _job: Optional[_Job] = None
@@ -134,7 +135,8 @@ def start(params: dict) -> None:
     )  # fmt: skip
     job.supervisor.start()
     _label_console(pystematic, info)
-    _record_ranks(pystematic.output_dir)
+    job.run_dir = pathlib.Path(str(pystematic.output_dir))
+    _record_ranks(job.run_dir)
 
 
 def _start_local_ranks(params: dict, job: _Job) -> None:
@@ -239,24 +241,27 @@ def echo_of(error: BaseException) -> Optional[str]:
 
 
 def finish(error: Optional[BaseException]) -> None:
-    """After this rank's recordings are flushed: leave the job cleanly, or let it fail."""
+    """After this rank's recordings are flushed: leave the job cleanly, or let it fail.
+
+    A rank that ended well still fails here when another rank fails before every rank has
+    arrived at the closing barrier: :func:`fail` then ends the process with that failure.
+    """
     global _job
     job = _job
     if job is None:
         return
     if job.supervisor is not None and (error is None or isinstance(error, _preemption.Preempted)):
-        import torch.distributed as dist
-
         # Barrier, stop watching, barrier: no rank may leave (rank 0 takes the store with it)
         # while another is still polling the store.
-        dist.barrier()
-        job.supervisor.stop()
-        dist.barrier()
-        for child in job.children.values():
-            child.join()
-        _leave(job)
-        _job = None
-        return
+        if all_ranks_arrive(job.supervisor):
+            job.supervisor.stop()
+            if all_ranks_arrive(job.supervisor):
+                for child in job.children.values():
+                    child.join()
+                _leave(job)
+                _job = None
+                return
+        job.failed_at_close = True
     if job.supervisor is not None:
         # Ranks blocked in a collective with this one learn of the failure when its
         # connections close, and then unwind and flush like every other rank.
@@ -272,21 +277,27 @@ def finish(error: Optional[BaseException]) -> None:
 def fail(error: Optional[BaseException]) -> None:
     """After pystematic's teardown: show the failure once and end this rank's process."""
     job = _job
-    if job is None or error is None or isinstance(error, _preemption.Preempted):
+    if job is None:
+        return
+    if not job.failed_at_close and (error is None or isinstance(error, _preemption.Preempted)):
         return
     supervisor = job.supervisor
     reason, code = supervisor.failure or ("", 1)
-    if isinstance(error, (JobFailed, KeyboardInterrupt)) or not job.origin:
+    if error is None or isinstance(error, (JobFailed, KeyboardInterrupt)) or not job.origin:
         if not supervisor.announced:
             sys.stderr.write(f"[rank {job.info.rank}] Stopping this rank: {reason}.\n")
     else:
         label = f"[rank {job.info.rank}]"
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         sys.stderr.write("".join(f"{label} {line}\n" for line in text.splitlines()))
-    # The failed frames hold DataLoader iterators: freed, they stop their workers and release
-    # their semaphores properly, instead of leaving that to the resource tracker's warning.
-    traceback.clear_frames(error.__traceback__)
-    error.__traceback__ = None
+    if job.failed_at_close and job.info.rank == 0:
+        _record_failure(job.run_dir, code)
+    if error is not None:
+        # The failed frames hold DataLoader iterators: freed, they stop their workers and
+        # release their semaphores properly, instead of leaving that to the resource
+        # tracker's warning.
+        traceback.clear_frames(error.__traceback__)
+        error.__traceback__ = None
     gc.collect()
     supervisor.stop()
     kill_ranks(job.children.values())
@@ -295,6 +306,17 @@ def fail(error: Optional[BaseException]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _record_failure(run_dir: pathlib.Path, code: int) -> None:
+    """Correct ``run.json``, which says how this rank's experiment ended, to how the job did."""
+    from .. import _run_record
+
+    try:
+        _run_record.record_exit(run_dir, code)
+    except OSError as error:
+        logger.warning("Could not record the job's failure in %s: %s",
+                       run_dir / _run_record.RECORD_NAME, error)  # fmt: skip
 
 
 def abandon() -> None:

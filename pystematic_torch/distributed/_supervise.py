@@ -135,14 +135,18 @@ class Supervisor:
         broken collective; record it and return True when found."""
         deadline = time.monotonic() + seconds
         while True:
-            reason, code = self._look()
+            reason, code = self.look()
             if reason is not None:
-                first, standing = self.rendezvous.report_failure(reason)
-                self.failure = self.failure or (standing, code)
+                self.learn_of_failure(reason, code)
                 return True
             if time.monotonic() > deadline:
                 return False
             time.sleep(self.poll_seconds / 5)
+
+    def learn_of_failure(self, reason: str, code: int) -> None:
+        """Record a failure seen elsewhere (``look``) as the reason this rank ends."""
+        first, standing = self.rendezvous.report_failure(reason)
+        self.failure = self.failure or (standing, code)
 
     def claim_failure(self, reason: str, code: int) -> bool:
         """Record that this rank failed; returns whether it is the first failure of the job
@@ -163,12 +167,13 @@ class Supervisor:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_seconds):
-            reason, code = self._look()
+            reason, code = self.look()
             if reason is not None and not self._stop.is_set():
                 self._abort(reason, code)
                 return
 
-    def _look(self):
+    def look(self) -> tuple:
+        """(reason, exit code) of a failure this rank can see now, else (None, 1)."""
         for rank, child in self.children.items():
             if child.exitcode not in (None, 0):
                 return f"rank {rank} exited with code {child.exitcode}", 1

@@ -91,6 +91,53 @@ def test_a_peer_lost_as_the_teardown_begins_does_not_cut_the_teardown_short(tmp_
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_a_peer_failing_while_a_rank_waits_in_the_closing_barrier_ends_the_job(
+    tmp_path, failing_rank
+):
+    # The other rank's training succeeded and its recordings are flushed; it waits in the
+    # barrier every rank passes before leaving the job. It must learn of the failure there
+    # and end with the job's error, not with the broken collective's traceback (gloo) or
+    # after the flush limit (NCCL, which does not notice a peer raising).
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--fail-at-end",
+                          str(failing_rank), output=tmp_path), tmp_path)  # fmt: skip
+    job.wait_for(r"DONE rank=\d", count=2)
+    processes = family(job)
+    code, seconds = job.finish(timeout=90)
+    assert code == 1, job.output
+    assert seconds < 60, seconds
+    assert job.output.count("Traceback") == 1, job.output
+    survivor = 1 - failing_rank
+    assert (f"[rank {survivor}] Stopping this rank: rank {failing_rank} raised ValueError: "
+            f"deliberate failure at the end on rank {failing_rank}") in job.output, job.output
+    assert "gloo" not in job.output, job.output
+    assert_all_gone(processes)
+    (run_dir,) = (tmp_path / "ddp-job").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert (record["status"], record["exit_code"]) == ("failed", 1)
+    survivor_log = run_dir / ("log.txt" if survivor == 0 else "log.rank-1.txt")
+    assert "Experiment ended" in survivor_log.read_text()
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_peer_killed_while_a_rank_waits_in_the_closing_barrier_ends_the_job(tmp_path, victim):
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--fail-at-end", str(victim),
+                          "--end-failure", "hang", output=tmp_path), tmp_path)  # fmt: skip
+    job.wait_for(r"HANGING rank=\d pid=\d+")
+    processes = family(job)
+    (pid,) = re.findall(r"HANGING rank=\d pid=(\d+)", job.output)
+    killed_at = time.monotonic()
+    os.kill(int(pid), signal.SIGKILL)
+    code, _ = job.finish(timeout=90)
+    assert code != 0
+    assert time.monotonic() - killed_at < 30
+    assert "Traceback" not in job.output, job.output
+    assert f"[rank {1 - victim}] Stopping this rank: " in job.output, job.output
+    assert_all_gone(processes, within=20)
+
+
+@pytest.mark.timeout(150)
 def test_sigint_to_the_main_process_ends_every_rank(tmp_path):
     job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
                        output=tmp_path), tmp_path)  # fmt: skip

@@ -2,8 +2,10 @@
 
 --mode train: a few steps, then a parameter checksum. --mode hang: train forever (with a
 DataLoader worker), for the kill and interrupt tests. --fail_rank K raises on rank K (only
-in torchrun's first attempt with --fail-once). DDP_JOB_DIE_AT_IMPORT=1 makes every rank the
-launch starts die while importing this script.
+in torchrun's first attempt with --fail-once). --fail-at-end K: rank K, its training done,
+waits until the other rank is in the job's closing barrier, then raises (--end-failure
+raise) or prints HANGING and waits to be killed (--end-failure hang).
+DDP_JOB_DIE_AT_IMPORT=1 makes every rank the launch starts die while importing this script.
 """
 import os
 import time
@@ -20,10 +22,14 @@ if os.environ.get("DDP_JOB_DIE_AT_IMPORT") and __name__ == "__mp_main__":
 @pystematic.parameter(name="steps", type=int, default=5)
 @pystematic.parameter(name="fail_once", type=bool, is_flag=True, default=False)
 @pystematic.parameter(name="stop_queued_first", type=bool, is_flag=True, default=False)
+@pystematic.parameter(name="fail_at_end", type=int, default=-1)
+@pystematic.parameter(name="end_failure", type=str, default="raise")
 @pystematic.experiment
 def ddp_job(params):
     if params["stop_queued_first"] and pystematic.torch.get_rank() == 1:
         queue_the_stop_before_teardown()
+    if params["fail_at_end"] not in (-1, pystematic.torch.get_rank()):
+        say_when_in_the_closing_barrier()
     torch.manual_seed(0)
     ctx = pystematic.torch.Context()
     ctx.model = torch.nn.Linear(4, 2)
@@ -47,6 +53,37 @@ def ddp_job(params):
         step += 1
     checksum = sum(p.detach().double().sum().item() for p in ctx.model.parameters())
     print(f"DONE rank={rank} world={world} checksum={checksum:.10f}", flush=True)
+    if rank == params["fail_at_end"]:
+        fail_once_the_peer_is_in_the_closing_barrier(params["end_failure"])
+
+
+def _closing_barrier_marker():
+    return pystematic.output_dir / "in-closing-barrier"
+
+
+def say_when_in_the_closing_barrier():
+    """Leave a file for the other rank when this one enters the job's closing barrier."""
+    import torch.distributed as dist
+
+    barrier = dist.barrier
+
+    def marked_barrier(*args, **kwargs):
+        _closing_barrier_marker().touch()
+        return barrier(*args, **kwargs)
+
+    dist.barrier = marked_barrier
+
+
+def fail_once_the_peer_is_in_the_closing_barrier(how):
+    deadline = time.monotonic() + 60
+    while not _closing_barrier_marker().exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other rank never reached the closing barrier")
+        time.sleep(0.05)
+    if how == "hang":
+        print(f"HANGING rank={pystematic.torch.get_rank()} pid={os.getpid()}", flush=True)
+        time.sleep(600)
+    raise ValueError(f"deliberate failure at the end on rank {pystematic.torch.get_rank()}")
 
 
 def queue_the_stop_before_teardown():

@@ -1,0 +1,56 @@
+"""The barrier every rank of a job passes before leaving it, watched for failures.
+
+A plain ``dist.barrier()`` there would raise the broken connection's error (gloo) or wait
+for the flush limit (NCCL, which does not notice a peer that raised) when another rank
+fails while this one, its experiment ended well, waits for the others.
+"""
+import time
+from typing import Any
+
+from ._supervise import Supervisor
+
+# A collective broken by a dead peer can fail before the monitor has seen the death: how
+# long to look for that cause before reporting the broken collective as the failure.
+LOST_PEER_SECONDS = 3.0
+_POLL_SECONDS = 0.005
+
+
+def all_ranks_arrive(supervisor: Supervisor) -> bool:
+    """Wait for every rank; False, with the failure recorded on ``supervisor``, when the
+    job fails meanwhile (another rank raised or died, or this one got SIGINT)."""
+    import torch.distributed as dist
+
+    try:
+        work = dist.barrier(async_op=True)
+        next_look = time.monotonic()
+        while not work.is_completed():
+            if time.monotonic() >= next_look:
+                reason, code = supervisor.look()
+                # Every rank may have arrived already, the one that left first taking the
+                # store with it: the barrier then completes within moments.
+                if reason is not None and not _completes(work, within=LOST_PEER_SECONDS):
+                    supervisor.learn_of_failure(reason, code)
+                    return False
+                next_look = time.monotonic() + supervisor.poll_seconds
+            time.sleep(_POLL_SECONDS)
+        work.wait()
+    except KeyboardInterrupt:
+        supervisor.learn_of_failure(f"rank {supervisor.rank} was interrupted (SIGINT)", 130)
+        return False
+    except Exception as broken:  # noqa: BLE001 - a collective broken by a peer's failure
+        if not supervisor.find_cause(LOST_PEER_SECONDS):
+            first_line = str(broken).splitlines()[0] if str(broken) else type(broken).__name__
+            supervisor.learn_of_failure(
+                f"the closing barrier of rank {supervisor.rank} failed: {first_line}", 1
+            )
+        return False
+    return True
+
+
+def _completes(work: Any, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not work.is_completed():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_POLL_SECONDS)
+    return True

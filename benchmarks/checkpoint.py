@@ -17,7 +17,11 @@ temporary directory; the file system it is on is printed, so a tmpfs shows), med
    every tensor, and the full time until ``wait_for_checkpoints()`` returns;
 3. how fast a small CPU training loop (one thread) steps while a background write runs,
    against the same loop with no write running; with the writer thread at its lowered CPU
-   priority (nice +10, the default) and, for comparison, at the loop's own.
+   priority (nice +10, the default) and, for comparison, at the loop's own;
+4. loading: ``load_checkpoint`` of a file (which first checks every record's bytes against
+   the checksum torch.save wrote) against ``torch.load(weights_only=True)``, alternating,
+   the file in the page cache (read once before), so the checksums' cost is not hidden
+   behind the disk. ``--only-load`` measures this part alone.
 
 The state is shaped like a model with its Adam moments: tensors of 1-16 MiB.
 """
@@ -133,6 +137,24 @@ def background_rounds(state, directory: pathlib.Path, rounds: int):
     return blocked, copy, clone, full
 
 
+def loading_rounds(path: pathlib.Path, rounds: int):
+    """Alternate load_checkpoint and torch.load of one file, which goes first swapped."""
+    from pystematic_torch.checkpoint import _integrity
+
+    ours, plain = [], []
+    path.read_bytes()  # into the page cache
+    for index in range(rounds):
+        for ours_now in ((True, False) if index % 2 else (False, True)):
+            _integrity._sound.clear()  # a new process has checked nothing yet
+            start = time.perf_counter()
+            if ours_now:
+                pt.load_checkpoint(path)
+            else:
+                torch.load(path, map_location="cpu", weights_only=True)
+            (ours if ours_now else plain).append(time.perf_counter() - start)
+    return ours, plain
+
+
 def training_rate(seconds: float, while_writing=None):
     """Steps/s of a small MLP's training loop, optionally while a background save runs."""
     torch.manual_seed(0)
@@ -163,6 +185,7 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--dir", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()))
+    parser.add_argument("--only-load", action="store_true", help="measure loading alone")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the loop's own thread; the writer gets the other core
 
@@ -177,6 +200,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="checkpoint-bench-") as root:
         directory = pathlib.Path(root)
         pt.save_checkpoint({}, id="warm-up", directory=directory)  # reads the directory once
+        loaded = pt.save_checkpoint(state, id="load", directory=directory)
+        ours, plain = loading_rounds(loaded, args.rounds)
+        print(f"loading from the page cache: load_checkpoint {_median(ours)}, torch.load "
+              f"{_median(plain)}, ratio of medians {median(ours) / median(plain):.2f}x")
+        if args.only_load:
+            return
         for replace in (False, True):
             ours, plain, extra = blocking_rounds(state, directory, args.rounds, replace, timer)
             what = ("replacing one id / overwriting one path" if replace

@@ -12,6 +12,7 @@ The modules, each one concern:
 * ``_atomic``: temporary file, fsync, rename;
 * ``_snapshot`` and ``_background``: ``blocking=False`` saves;
 * ``_retention``: ``keep_last``;
+* ``_integrity``: checking a file's bytes against the checksums torch.save wrote;
 * ``_runs``: which checkpoint a run directory means, and an experiment's newest run;
 * ``_save`` and ``_load``: the public functions.
 

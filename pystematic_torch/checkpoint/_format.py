@@ -20,6 +20,7 @@ import torch
 from .. import _session
 from .._version import __version__
 from ..errors import CheckpointError
+from . import _integrity
 
 METADATA_KEY = "_pystematic_torch"
 #: Raised whenever the metadata changes in a way an older reader would misread.
@@ -185,13 +186,18 @@ def info(path: pathlib.Path, found: Optional[Dict[str, Any]]) -> CheckpointInfo:
 def load_file(path: pathlib.Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``, with errors that say what the file is.
 
-    With ``mmap`` the tensors' bytes are mapped, not read, so reading a large checkpoint's
-    metadata costs little; files in torch's old format cannot be mapped and are read.
+    The file's bytes are first checked against the checksums torch.save wrote. With
+    ``mmap`` the tensors' bytes are mapped, not read, and only the pickle (the structure and
+    the metadata) is checked, so reading a large checkpoint's metadata costs little; files
+    in torch's old format cannot be mapped and are read.
 
     Raises:
         CheckpointError: the file is not a ``torch.save`` file, needs pickled code to load,
-            or is damaged.
+            or is damaged (cut short, or bytes that do not match their checksums).
     """
+    # A mapped read reads the pickle, not the tensors' bytes: checking those would read the
+    # whole file, while the pickle alone is a fraction of it.
+    _integrity.check(path, structure_only=mmap)
     mmap = mmap and zipfile.is_zipfile(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)

@@ -30,7 +30,8 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
     plain ``torch.save`` load too. Inside a running experiment the file is protected from
     ``keep_last`` for the rest of the run, and a warning is logged when the run differs
     from the one that wrote the checkpoint in its number of processes or in a parameter
-    that may set shapes (see :doc:`checkpoints`).
+    that may set shapes (see :doc:`checkpoints`). The file's bytes are checked against the
+    checksums ``torch.save`` wrote into it before anything is loaded.
 
     Args:
         path: A checkpoint file, or a run directory (see :func:`find_checkpoint`).
@@ -39,7 +40,8 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
 
     Raises:
         CheckpointError: nothing to load there, the file is not a checkpoint written by
-            ``torch.save``, it needs pickled code to load, or it is damaged.
+            ``torch.save``, it needs pickled code to load, or it is damaged (cut short,
+            or bytes that differ from their checksums).
     """
     file = find_checkpoint(path)
     state, metadata = _format.split(_format.load_file(file, map_location))

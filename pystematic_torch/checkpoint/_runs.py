@@ -12,7 +12,7 @@ import re
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..errors import CheckpointError
-from . import _atomic, _format
+from . import _atomic, _format, _integrity
 from ._format import CONTEXT, CheckpointInfo
 
 logger = logging.getLogger("pystematic.torch.checkpoint")
@@ -26,6 +26,9 @@ _last_sequence: Dict[pathlib.Path, int] = {}
 
 def checkpoint_info(path: PathLike) -> CheckpointInfo:
     """Read what a checkpoint says about itself, without reading its tensors.
+
+    Only the file's pickle is checked against its checksum; for a run directory, choosing
+    its checkpoint (:func:`find_checkpoint`) reads and checks the chosen file once.
 
     Args:
         path: A checkpoint file, or a run directory (its checkpoint as
@@ -64,11 +67,14 @@ def find_checkpoint(path: PathLike) -> pathlib.Path:
 
     A run directory means the last checkpoint of a Context's whole state the run saved
     (``save_checkpoint(ctx.state_dict(), ...)``), by the sequence number in each file; file
-    times play no part, and other saves (a model's weights for deployment) never count.
+    times play no part, and other saves (a model's weights for deployment) never count. Its
+    bytes are checked against the checksums written when it was saved: a damaged one is
+    skipped with a warning for the one saved before it.
 
     Raises:
-        CheckpointError: the path does not exist, or the directory holds no Context
-            checkpoint; when it holds runs instead, the error names them, newest first.
+        CheckpointError: the path does not exist, or the directory holds no undamaged
+            Context checkpoint; when it holds runs instead, the error names them, newest
+            first.
     """
     path = pathlib.Path(path)
     if not path.exists():
@@ -79,9 +85,9 @@ def find_checkpoint(path: PathLike) -> pathlib.Path:
         return path
     infos, unreadable = scan(path)
     _warn_skipped(path, unreadable)
-    chosen = _last_context(infos)
-    if chosen is not None:
-        return chosen.path
+    contexts = _contexts(infos)
+    if contexts:
+        return _newest_undamaged(path, contexts)
     raise _nothing_to_resume(path, infos, unreadable)
 
 
@@ -151,8 +157,30 @@ def _warn_skipped(directory: pathlib.Path, unreadable) -> None:
                        file.name, directory, error)  # fmt: skip
 
 
+def _newest_undamaged(directory: pathlib.Path, contexts: List[CheckpointInfo]) -> pathlib.Path:
+    damaged = []
+    for info in reversed(contexts):
+        found = _integrity.damage(info.path)
+        if found is None:
+            for name, what in damaged:
+                logger.warning("Skipped %s in %s, which is damaged: %s; using %s, saved before "
+                               "it.", name, directory, what, info.path.name)  # fmt: skip
+            return info.path
+        damaged.append((info.path.name, found))
+    names = ", ".join(name for name, _ in damaged)
+    raise CheckpointError(
+        f"Run directory {str(directory)!r} holds no undamaged checkpoint of a Context's whole "
+        f"state: the bytes of each ({names}) differ from the checksums written when it was "
+        f"saved ({damaged[0][0]}: {damaged[0][1]}). Restore one from a copy, or start a new run."
+    )
+
+
+def _contexts(infos: List[CheckpointInfo]) -> List[CheckpointInfo]:
+    return [info for info in infos if info.kind == CONTEXT and info.sequence is not None]
+
+
 def _last_context(infos: List[CheckpointInfo]) -> Optional[CheckpointInfo]:
-    contexts = [info for info in infos if info.kind == CONTEXT and info.sequence is not None]
+    contexts = _contexts(infos)
     return contexts[-1] if contexts else None
 
 

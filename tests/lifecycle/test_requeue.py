@@ -7,6 +7,8 @@ import signal
 
 import pytest
 
+import pystematic_torch as pt
+from tests.support.damage import flip_a_bit_in
 from tests.support.jobs import Job, job_args
 
 JOB = pathlib.Path(__file__).parent / "jobs" / "record.py"
@@ -59,3 +61,31 @@ def test_the_same_command_starts_then_continues_the_run_in_its_own_directory(tmp
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "finished"
     assert "checkpoint-preempted.pt" in (record["resumed_from"] or "")
+
+
+@pytest.mark.timeout(300)
+def test_a_requeue_past_a_damaged_checkpoint_continues_from_the_one_saved_before(tmp_path):
+    def args(steps):
+        return job_args("--checkpoint", "latest", "--checkpoint-every", "5", "--backlog", "5",
+                        "--steps", str(steps), script=JOB, output=tmp_path)  # fmt: skip
+
+    code, _ = Job(args(12), tmp_path).finish()  # saves at steps 5 and 10
+    assert code == 0
+    (run_dir,) = (tmp_path / "record-job").iterdir()
+    flip_a_bit_in(run_dir / "checkpoint-10.pt")  # the disk changed a weight of the newest
+
+    second = Job(args(20), tmp_path)
+    code, _ = second.finish()
+    assert code == 0, second.output
+    assert re.search(r"READY rank=0 pid=\d+ step=5\b", second.output), second.output
+    output = " ".join(second.output.split())  # rich wraps log lines at the console's width
+    assert "Skipped checkpoint-10.pt in" in output and "which is damaged: its record" in output
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "finished"
+    assert record["resumed_from"].endswith("checkpoint-5.pt")
+    # The recordings continue from the checkpoint actually loaded: every step exactly once.
+    rows = csv_rows(run_dir)
+    assert [step for step, tag in rows if tag == "train/step"] == list(range(20))
+    assert len(rows) == len(set(rows))
+    assert sorted(tensorboard_steps(run_dir)) == list(range(20))
+    assert pt.load_checkpoint(run_dir / "checkpoint-10.pt")["step"] == 10  # saved anew, whole

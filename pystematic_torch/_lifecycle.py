@@ -12,11 +12,12 @@ The hooks, in the order pystematic calls them (``plugin`` registers them):
 """
 import logging
 import os
+import pathlib
 import signal
 import threading
 from typing import Optional
 
-from . import _run_record, _rundir, _session
+from . import _run_lock, _run_record, _rundir, _session
 from .errors import LaunchError
 
 logger = logging.getLogger("pystematic.torch")
@@ -47,6 +48,8 @@ def prepare(experiment, params) -> None:
             first_rank = True
         if first_rank and _wants_latest(params):
             _resolve_latest(experiment, params)
+        elif first_rank and _rundir.pending() is not None:  # a torchrun restart
+            _run_lock.hold(_rundir.pending(), f"The restarted run of {experiment.name!r}")
     except BaseException as error:
         _abandon_launch(error, params)
         raise
@@ -85,7 +88,21 @@ def setup(experiment, params) -> None:
     from ._seeding import seed_everything
 
     seed_everything(params["random_seed"])
+    _hold_new_run(params)
     _run_record.start(experiment, params)
+
+
+def _hold_new_run(params) -> None:
+    """Lock a new run's directory (a continued one was locked before it was chosen)."""
+    if params["distributed"]:
+        from .distributed import is_master
+
+        if not is_master():
+            return
+    if _run_lock.held_dir() is None:
+        import pystematic
+
+        _run_lock.hold(pathlib.Path(str(pystematic.output_dir)), "The new run")
 
 
 def teardown(error: Optional[BaseException]) -> None:
@@ -174,6 +191,7 @@ def finish(error: Optional[BaseException]) -> None:
     would be refused as "already running".
     """
     global _teardown_error, _sigchld_handler
+    _run_lock.release()
     if _sigchld_handler is not None:
         signal.signal(signal.SIGCHLD, _sigchld_handler)
         _sigchld_handler = None
@@ -228,16 +246,19 @@ def _resolve_latest(experiment, params) -> None:
     ``--output-dir`` that holds a Context checkpoint is continued in its own directory, so
     its logs, recordings and checkpoints stay one run; with none, a new run starts.
     """
-    import pathlib
 
     from .checkpoint import find_latest_run, list_checkpoints
 
     continued = _rundir.pending()
     if continued is not None:  # a torchrun restart continues its first attempt's run
+        _run_lock.hold(continued, f"The restarted run of {experiment.name!r}")
         has_state = any(info.kind == "context" for info in list_checkpoints(continued))
         params["checkpoint"] = continued if has_state else None
         return
     run = find_latest_run(params["output_dir"], experiment.name)
+    if run is not None:
+        # Before anything of the run is read for continuing it: its files may still change.
+        _run_lock.hold(run, f"--checkpoint latest: the newest run of {experiment.name!r}")
     if run is None:
         params["checkpoint"] = None
         _launch_warnings.append(
@@ -304,6 +325,7 @@ def _abandon_launch(error: BaseException, params) -> None:
     from .distributed import _job
 
     _job.abandon()
+    _run_lock.release()
     _forget_running_experiment()
     if isinstance(error, LaunchError):
         error.debug = params["debug"]

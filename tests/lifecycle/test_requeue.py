@@ -5,11 +5,12 @@ import pathlib
 import re
 import signal
 
+import psutil
 import pytest
 
 import pystematic_torch as pt
 from tests.support.damage import flip_a_bit_in
-from tests.support.jobs import Job, job_args
+from tests.support.jobs import Job, assert_all_gone, family, job_args
 
 JOB = pathlib.Path(__file__).parent / "jobs" / "record.py"
 COMMAND = ("--checkpoint", "latest", "--steps", "30", "--checkpoint-every", "5",
@@ -19,6 +20,18 @@ COMMAND = ("--checkpoint", "latest", "--steps", "30", "--checkpoint-every", "5",
 def csv_rows(directory):
     with open(directory / "scalars.csv", newline="") as handle:
         return [(int(row["step"]), row["tag"]) for row in csv.DictReader(handle)]
+
+
+def processes_of(tmp_path):
+    """Every live process whose command line names ``tmp_path`` (the jobs' output dir)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if str(tmp_path) in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
 
 
 def tensorboard_steps(directory):
@@ -89,3 +102,36 @@ def test_a_requeue_past_a_damaged_checkpoint_continues_from_the_one_saved_before
     assert len(rows) == len(set(rows))
     assert sorted(tensorboard_steps(run_dir)) == list(range(20))
     assert pt.load_checkpoint(run_dir / "checkpoint-10.pt")["step"] == 10  # saved anew, whole
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_the_same_command_started_while_the_run_still_writes_is_refused(tmp_path, ranks):
+    extra = ("--distributed", "--nproc_per_node", "2") if ranks == 2 else ()
+    args = job_args(*extra, *COMMAND, script=JOB, output=tmp_path)
+    first = Job(args, tmp_path)
+    first.wait_for(r"STEP rank=0 step=12")  # checkpoints 5 and 10 exist; rank 0 waits
+    (run_dir,) = (tmp_path / "record-job").iterdir()
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+
+    twice = Job(args, tmp_path)  # a requeue racing the job's first instance
+    code, seconds = twice.finish(timeout=90)
+    assert code == 1, twice.output
+    pid = json.loads((run_dir / "run.json").read_text())["pid"]
+    message = " ".join(twice.output.split())
+    assert (f"Error: --checkpoint latest: the newest run of 'record-job', {run_dir}, is still "
+            f"being written by another process (process {pid} on ") in message  # fmt: skip
+    assert "Traceback" not in twice.output and "STEP" not in twice.output
+    assert_all_gone(set(processes_of(tmp_path)) - set(family(first)))
+    after = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+    assert after == before  # the refused command wrote nothing into the run
+
+    first.process.send_signal(signal.SIGTERM)
+    code, _ = first.finish()
+    assert code == 143, first.output
+    again = Job(args, tmp_path)  # once the first instance has ended, the run continues
+    code, _ = again.finish()
+    assert code == 0, again.output
+    steps = [step for step, tag in csv_rows(run_dir) if tag == "train/step"]
+    assert steps == list(range(30))
+    assert sorted(tensorboard_steps(run_dir)) == list(range(30))

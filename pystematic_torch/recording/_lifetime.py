@@ -31,6 +31,35 @@ def resolve_output_dir(output_dir: Union[str, Path, None], needed: bool) -> Opti
     return None
 
 
+def claim_directory(output_dir: Optional[Path], writes_files: bool) -> None:
+    """Refuse a second recorder writing files into a directory an open one writes into.
+
+    Two would each write a CSV header and their rows into one ``scalars.csv``, and two
+    TensorBoard event streams that TensorBoard merges into one run showing every step twice.
+
+    Raises:
+        RecorderError: a recorder of this process still writes files into ``output_dir``.
+    """
+    if not writes_files or output_dir is None:
+        return
+    for other in list(_open_recorders):
+        if getattr(other, "_writes_files", False) and _same(other.output_dir, output_dir):
+            raise RecorderError(
+                f"Another Recorder of this process still writes into {output_dir.resolve()}: two "
+                "recorders writing one directory would mix two CSV headers and two "
+                "TensorBoard event streams in it. Record through that one (one Recorder, "
+                "registered on the Context, serves the whole run), close it first, or give "
+                "this one its own output_dir."
+            )
+
+
+def _same(first: Optional[Path], second: Path) -> bool:
+    try:
+        return first is not None and first.resolve() == second.resolve()
+    except OSError:
+        return False
+
+
 def register(recorder: Any) -> None:
     """Close ``recorder`` when the experiment ends (also when it raised), else at exit."""
     _open_recorders.add(recorder)

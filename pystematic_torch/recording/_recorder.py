@@ -44,7 +44,8 @@ class Recorder(_Handover):
             arriving; a kill loses at most this many seconds of recordings.
 
     Raises:
-        RecorderError: No output directory is known, or an argument has a wrong type.
+        RecorderError: No output directory is known, an argument has a wrong type, or
+            another open recorder of this process writes files into ``output_dir``.
 
     Example:
         >>> recorder = pystematic.torch.Recorder()
@@ -68,6 +69,8 @@ class Recorder(_Handover):
     ) -> None:
         chosen = chosen_backends(tensorboard, file, console, hdf5, backends, max_pending)
         self.output_dir = _lifetime.resolve_output_dir(output_dir, tensorboard or file or hdf5)
+        self._writes_files = bool(tensorboard or file or hdf5)
+        _lifetime.claim_directory(self.output_dir, self._writes_files)
         self._count = 0
         self._closed = False
         self._arrays = ArrayTags()

@@ -207,6 +207,30 @@ def test_a_resumed_run_continues_the_steps_without_duplicates(tmp_path):
         assert list(zip(f["loss.steps"][:].tolist(), f["loss"][:].tolist())) == expected
 
 
+def test_a_second_recorder_writing_into_an_open_ones_directory_is_refused(tmp_path):
+    first = Recorder(tmp_path / "run")
+    first.scalar("loss", 1.0)
+    first.step()
+    with pytest.raises(RecorderError, match="Another Recorder of this process still writes "
+                       f"into {tmp_path / 'run'}: two recorders"):  # fmt: skip
+        Recorder(tmp_path / "run" / ".." / "run", file=False)  # the same directory
+    with Recorder(tmp_path / "run", tensorboard=False, file=False, console=True):
+        pass  # writes no file there
+    with Recorder(tmp_path / "other"):
+        pass
+    first.scalar("loss", 2.0)  # the refusal left the first recorder as it was
+    first.close()
+    with Recorder(tmp_path / "run") as after:  # once it is closed, the directory is free
+        after.count = 1
+        after.scalar("loss", 3.0)
+
+    rows = read_csv(tmp_path / "run" / "scalars.csv")
+    assert rows == [["step", "tag", "value"], ["0", "loss", "1.0"], ["1", "loss", "2.0"],
+                    ["1", "loss", "3.0"]]  # fmt: skip
+    assert [event.value for event in read_events(tmp_path / "run").Scalars("loss")] == [
+        1.0, 2.0, 3.0]  # fmt: skip
+
+
 def test_a_half_written_csv_row_from_a_crash_is_cut_off_on_append(tmp_path):
     (tmp_path / "scalars.csv").write_text("step,tag,value\r\n0,loss,1.0\r\n1,lo")
     with Recorder(tmp_path, tensorboard=False) as recorder:

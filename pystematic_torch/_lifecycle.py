@@ -134,8 +134,14 @@ def teardown(error: Optional[BaseException]) -> None:
     except Exception as failure:  # noqa: BLE001 - the run must still flush and end
         logger.error("Saving the preempted run failed: %s", failure)
         _teardown_error = failure
+    code = _exit_code_of(error)
+    if how in (_session.SUCCESS, _session.PREEMPTED):
+        failure = _job.arrive_before_closing()
+        if failure is not None:
+            code = failure[1]
+            how = _session.INTERRUPTED if code == 130 else _session.FAILURE
     try:
-        _session.end(how, _exit_code_of(error))
+        _session.end(how, code)
     except _session.TeardownError as failure:
         # Raised in finish(), after pystematic's own teardown: raising here would skip the
         # closing of the log file.

@@ -19,7 +19,7 @@ import pathlib
 import socket
 import sys
 import traceback
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from .. import _rundir, _session
 from ..errors import LaunchError
@@ -57,6 +57,9 @@ class _Job:
     run_dir: Optional[pathlib.Path] = None
     #: Another rank failed while this one, its experiment ended well, was leaving the job.
     failed_at_close: bool = False
+    #: ... and this rank learned of it before it closed its recordings and run.json, so
+    #: those already say how the job ended.
+    failure_recorded: bool = False
 
 
 _job: Optional[_Job] = None
@@ -240,6 +243,31 @@ def echo_of(error: BaseException) -> Optional[str]:
     return job.supervisor.failure[0]
 
 
+def arrive_before_closing() -> Optional[Tuple[str, int]]:
+    """On a rank whose experiment ended well (or was preempted): before its recordings are
+    closed, flush them and wait until every rank's experiment has ended.
+
+    So a rank learns of a peer failing at the end of the run before it writes how the run
+    ended (the session's status in TensorBoard, ``run.json``). Flushed first, nothing this
+    rank recorded is lost if it is killed while it waits.
+
+    Returns:
+        None when every rank arrived (or this is no distributed job), else the job's
+        failure: (reason, exit code).
+    """
+    job = _job
+    if job is None or job.supervisor is None:
+        return None
+    try:
+        _session.make_durable()
+    except Exception:  # noqa: BLE001 - closing the recorder raises the failure again
+        logger.debug("Flushing before the closing barrier failed.", exc_info=True)
+    if all_ranks_arrive(job.supervisor):
+        return None
+    job.failed_at_close = job.failure_recorded = True
+    return job.supervisor.failure or ("another rank failed", 1)
+
+
 def finish(error: Optional[BaseException]) -> None:
     """After this rank's recordings are flushed: leave the job cleanly, or let it fail.
 
@@ -250,7 +278,8 @@ def finish(error: Optional[BaseException]) -> None:
     job = _job
     if job is None:
         return
-    if job.supervisor is not None and (error is None or isinstance(error, _preemption.Preempted)):
+    ended_well = error is None or isinstance(error, _preemption.Preempted)
+    if job.supervisor is not None and ended_well and not job.failed_at_close:
         # Barrier, stop watching, barrier: no rank may leave (rank 0 takes the store with it)
         # while another is still polling the store.
         if all_ranks_arrive(job.supervisor):
@@ -290,7 +319,7 @@ def fail(error: Optional[BaseException]) -> None:
         label = f"[rank {job.info.rank}]"
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         sys.stderr.write("".join(f"{label} {line}\n" for line in text.splitlines()))
-    if job.failed_at_close and job.info.rank == 0:
+    if job.failed_at_close and not job.failure_recorded and job.info.rank == 0:
         _record_failure(job.run_dir, code)
     if error is not None:
         # The failed frames hold DataLoader iterators: freed, they stop their workers and

@@ -11,9 +11,11 @@ import time
 import psutil
 import pytest
 import torch
+from tensorboard.plugins.hparams import api_pb2
 
 from tests.support.jobs import Job, assert_all_gone, family, job_args
 from tests.support.ranks import free_port
+from tests.support.tensorboard import session_status
 
 JOB = pathlib.Path(__file__).parent / "jobs" / "ddp_job.py"
 EXAMPLES = pathlib.Path(__file__).parents[2] / "examples"
@@ -117,6 +119,9 @@ def test_a_peer_failing_while_a_rank_waits_in_the_closing_barrier_ends_the_job(
     assert (record["status"], record["exit_code"]) == ("failed", 1)
     survivor_log = run_dir / ("log.txt" if survivor == 0 else "log.rank-1.txt")
     assert "Experiment ended" in survivor_log.read_text()
+    # Rank 0 writes the run's session for TensorBoard's HParams tab: a failure, even where
+    # rank 0's own experiment returned.
+    assert session_status(run_dir)[0] == api_pb2.STATUS_FAILURE
 
 
 @pytest.mark.timeout(150)

@@ -15,22 +15,14 @@ import pystematic
 import pytest
 import torch
 from PIL import Image
-from tensorboard.backend.event_processing import event_accumulator
 
 from pystematic_torch import RecorderError, StateDictError
 from pystematic_torch.recording import Recorder, RecorderBackend
 from tests.recording.held_writer import HeldWriter
+from tests.support.tensorboard import read_events, session_status
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-def read_events(directory):
-    accumulator = event_accumulator.EventAccumulator(
-        str(directory), size_guidance={kind: 0 for kind in event_accumulator.DEFAULT_SIZE_GUIDANCE}
-    )
-    accumulator.Reload()
-    return accumulator
 
 
 def read_csv(path):
@@ -486,15 +478,6 @@ def test_a_recorder_that_records_nothing_leaves_no_files(tmp_path):
     assert recorder.state_dict()["count"] == 0
     recorder.close()
     assert not (tmp_path / "run").exists()
-
-
-def session_status(directory):
-    from tensorboard.plugins.hparams import metadata as hparams_metadata
-
-    events = read_events(directory)
-    content = events.SummaryMetadata(hparams_metadata.SESSION_END_INFO_TAG).plugin_data.content
-    end = hparams_metadata.parse_session_end_info_plugin_data(content)
-    return end.status, end.end_time_secs
 
 
 def test_the_session_ends_with_how_the_recorder_was_left(tmp_path):

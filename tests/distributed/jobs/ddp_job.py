@@ -34,6 +34,9 @@ def ddp_job(params):
     ctx = pystematic.torch.Context()
     ctx.model = torch.nn.Linear(4, 2)
     ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
+    if params["fail_at_end"] != -1:  # how the run ended, as rank 0's recorder writes it
+        ctx.recorder = pystematic.torch.Recorder(file=False)
+        ctx.recorder.params(params)
     ctx.autotransform()
     rank, world = pystematic.torch.get_rank(), pystematic.torch.get_num_processes()
     batches = iter(torch.utils.data.DataLoader(range(10**6), batch_size=8, num_workers=1))

@@ -195,12 +195,26 @@ def load_file(path: pathlib.Path, map_location: Any = "cpu", mmap: bool = False)
         CheckpointError: the file is not a ``torch.save`` file, needs pickled code to load,
             or is damaged (cut short, or bytes that do not match their checksums).
     """
-    # A mapped read reads the pickle, not the tensors' bytes: checking those would read the
-    # whole file, while the pickle alone is a fraction of it.
-    _integrity.check(path, structure_only=mmap)
-    mmap = mmap and zipfile.is_zipfile(path)
+    if mmap and zipfile.is_zipfile(path):
+        # A mapped read reads the pickle, not the tensors' bytes: checking those would read
+        # the whole file, while the pickle alone is a fraction of it.
+        _integrity.check(path, structure_only=True)
+        return _load(path, path, map_location, mmap=True)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        file = open(path, "rb", buffering=0)
+    except OSError:
+        return _load(path, path, map_location, mmap=False)  # which explains what is wrong
+    with file:
+        # Checked and loaded through one open file: a save replacing the file meanwhile
+        # cannot make the two see different files.
+        _integrity.check(path, file=file)
+        file.seek(0)
+        return _load(file, path, map_location, mmap=False)
+
+
+def _load(source: Any, path: pathlib.Path, map_location: Any, mmap: bool) -> Any:
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:
         raise _explain(path, error) from error
 

@@ -153,8 +153,12 @@ def scan(
 
 def _warn_skipped(directory: pathlib.Path, unreadable) -> None:
     for file, error in unreadable:
-        logger.warning("Skipped %s in %s, which is not a readable checkpoint: %s",
-                       file.name, directory, error)  # fmt: skip
+        if isinstance(error, _integrity.DamagedCheckpoint):
+            logger.warning("Skipped %s in %s, which is damaged: %s.", file.name, directory,
+                           error.damage)  # fmt: skip
+        else:
+            logger.warning("Skipped %s in %s, which is not a readable checkpoint: %s",
+                           file.name, directory, error)  # fmt: skip
 
 
 def _newest_undamaged(directory: pathlib.Path, contexts: List[CheckpointInfo]) -> pathlib.Path:

@@ -18,10 +18,20 @@ def inspect_command(checkpoint: pathlib.Path, depth: int) -> None:
     the parameters and library version it was written with, when recorded.
 
     CHECKPOINT is a checkpoint file or a run directory (its newest checkpoint). It is read
-    with torch.load(weights_only=True): nothing in it is executed.
+    with torch.load(weights_only=True): nothing in it is executed. Its bytes are checked
+    against the checksums torch.save wrote; a damaged file is listed as far as it can be
+    read, and the command then fails, naming the damaged record.
     """
     path = _checkpoint_file(checkpoint)
-    state = _load(path)
+    from ..checkpoint import _integrity
+
+    damage = _integrity.damage(path)
+    try:
+        state = _load(path)
+    except click.ClickException:
+        if damage is None:
+            raise
+        raise click.ClickException(_damaged(path, damage)) from None
     metadata = state.pop(METADATA_KEY, None) if isinstance(state, dict) else None
     click.echo(f"{path}  ({_size(path.stat().st_size)} on disk)")
     if isinstance(metadata, dict):
@@ -39,6 +49,18 @@ def inspect_command(checkpoint: pathlib.Path, depth: int) -> None:
         click.echo(f"{name.ljust(name_width)}  {kind.ljust(kind_width)}  {detail}".rstrip())
     count, total = _tensor_totals(state)
     click.echo(f"total: {count} tensor(s), {_size(total)}")
+    if damage is not None:
+        raise click.ClickException(_damaged(path, damage))
+    if _integrity.carries_checksums(path):
+        click.echo("checksums: every record matches")
+    else:
+        click.echo("checksums: none in this file (torch's older format, or saved with "
+                   "torch.serialization.set_crc32_options(False))")  # fmt: skip
+
+
+def _damaged(path: pathlib.Path, damage: str) -> str:
+    return (f"{path} is damaged: {damage}; its bytes changed after it was saved, and "
+            "load_checkpoint refuses it.")
 
 
 def _checkpoint_file(path: pathlib.Path) -> pathlib.Path:

@@ -6,6 +6,7 @@ import torch
 
 import pystematic_torch
 from tests.cli.conftest import invoke, one_error_line, refused, run_command, write
+from tests.support.damage import flip_a_bit_in
 
 METADATA = {"version": "9.9.9", "params": {"lr": 0.1, "batch_size": 32}, "world_size": 2,
             "sequence": 3, "kind": "context", "saved_at": "2026-12-02T10:00:00+00:00"}  # fmt: skip
@@ -43,7 +44,7 @@ def test_items_tensors_values_and_totals_are_listed(tmp_path):
     assert "epoch int 3" in lines and "name str 'digits'" in lines
     assert "exp_avg tensor float32 [2, 4] 32 B" in lines  # optimizer state, 4 levels down
     # model: 40 B; Adam: exp_avg and exp_avg_sq per parameter (80 B) plus two step counters.
-    assert lines[-1] == "total: 8 tensor(s), 128 B"
+    assert lines[-2:] == ["total: 8 tensor(s), 128 B", "checksums: every record matches"]
 
 
 def test_recorded_metadata_is_shown_apart_from_the_items(tmp_path):
@@ -68,7 +69,7 @@ def test_shared_storage_counts_once_and_depth_limits_the_listing(tmp_path):
     lines = lines_of(output)
     assert "encoder dict 1 entry; 1 tensor(s), 1.0 KiB" in lines
     assert not any(line.startswith("weight") for line in lines)  # deeper than --depth 1
-    assert lines[-1] == "total: 2 tensor(s), 1.0 KiB"
+    assert lines[-2] == "total: 2 tensor(s), 1.0 KiB"
 
 
 def test_a_run_directory_means_its_last_context_checkpoint(tmp_path):
@@ -87,6 +88,21 @@ def test_files_in_torchs_older_format_are_read(tmp_path):
     torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
     code, output = invoke("inspect", path)
     assert code == 0 and "w tensor float32 [3] 12 B" in lines_of(output)
+    assert lines_of(output)[-1].startswith("checksums: none in this file (torch's older format")
+
+
+@pytest.mark.parametrize("record", ["data/0", "data.pkl"])
+def test_a_damaged_file_is_shown_as_far_as_it_reads_and_then_refused(tmp_path, record):
+    path = pystematic_torch.save_checkpoint(training_state(), id=3, directory=tmp_path)
+    flip_a_bit_in(path, record)
+    code, output = invoke("inspect", path)
+    assert code == 1, output
+    lines = output.strip().splitlines()
+    assert lines[-1].startswith(f"Error: {path} is damaged: its record ")
+    assert lines[-1].endswith(f"/{record}' does not match its checksum; its bytes changed "
+                              "after it was saved, and load_checkpoint refuses it.")  # fmt: skip
+    if record == "data/0":  # the structure still reads: everything is listed first
+        assert "epoch int 3" in lines_of(output)
 
 
 def make_unsafe(path):

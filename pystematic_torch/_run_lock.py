@@ -7,14 +7,22 @@ one directory. The process that writes a run (rank 0 of a distributed one) holds
 ``.pystematic-torch.lock`` in it for as long as the experiment runs, and a run that would
 continue a locked directory is refused before it writes anything.
 
-The lock is a POSIX record lock (``fcntl.lockf``): the kernel releases it when its process
-ends however it ends, SIGKILL included, so nothing stale is ever left to clean up; forked
-children (DataLoader workers) do not inherit it; and NFS shares it between machines.
+The lock is an ``flock`` on the file: the kernel releases it when its process ends however
+it ends, SIGKILL included, so nothing stale is ever left to clean up. It belongs to the open
+file, not to the process, so the process opening and closing the lock file itself (copying
+its run directory, say) does not release it; forked children (DataLoader workers) close
+their inherited copy at once, so a worker outliving a killed run does not hold the run.
+Linux's NFS client turns it into a lock the server holds, seen from every machine (not on
+mounts with ``nolock``, where it is local to each machine). The lock file names its holder,
+for the error a refused run gets.
 """
+import datetime
 import errno
+import json
 import logging
 import os
 import pathlib
+import socket
 from typing import Optional
 
 from .errors import LaunchError
@@ -55,7 +63,7 @@ def hold(run_dir: pathlib.Path, what: str) -> None:
                        "this run at the same time would go unnoticed.", run_dir, error)  # fmt: skip
         return
     try:
-        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
         os.close(descriptor)
         if error.errno in _BUSY:
@@ -66,6 +74,33 @@ def hold(run_dir: pathlib.Path, what: str) -> None:
         return
     global _held, _held_dir
     _held, _held_dir = descriptor, run_dir
+    _name_the_holder(descriptor)
+
+
+def _name_the_holder(descriptor: int) -> None:
+    # Written under the lock, before anything else of the run: run.json names the run's
+    # process only once the run has started, after the job has formed.
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+    try:
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+    except OSError:
+        pass  # the lock holds without it; only the refusal's message is poorer
+
+
+def _forget_in_child() -> None:
+    """In a forked child: close the inherited lock file without releasing the parent's lock."""
+    global _held, _held_dir
+    if _held is not None:
+        try:
+            os.close(_held)
+        except OSError:
+            pass
+    _held, _held_dir = None, None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def release() -> None:
@@ -82,13 +117,14 @@ def held_dir() -> Optional[pathlib.Path]:
 
 
 def _busy_message(run_dir: pathlib.Path, what: str) -> str:
-    from . import _run_record
-
-    record = _run_record.read(run_dir) or {}
+    try:
+        record = json.loads((run_dir / LOCK_NAME).read_text())
+    except (OSError, ValueError):
+        record = {}
     holder = ""
-    if record.get("pid") is not None:
+    if isinstance(record, dict) and record.get("pid") is not None:
         holder = f" (process {record['pid']} on {record.get('host', 'an unknown host')}"
-        holder += f", started {record['started_at']})" if record.get("started_at") else ")"
+        holder += f", since {record['since']})" if record.get("since") else ")"
     return (
         f"{what}, {run_dir}, is still being written by another process{holder}. Two "
         "processes writing one run would mix their recordings and checkpoints. Wait for that "

@@ -31,33 +31,33 @@ def resolve_output_dir(output_dir: Union[str, Path, None], needed: bool) -> Opti
     return None
 
 
-def claim_directory(output_dir: Optional[Path], writes_files: bool) -> None:
+def claim_directory(output_dir: Optional[Path], writes_files: bool) -> Optional[Path]:
     """Refuse a second recorder writing files into a directory an open one writes into.
 
     Two would each write a CSV header and their rows into one ``scalars.csv``, and two
     TensorBoard event streams that TensorBoard merges into one run showing every step twice.
 
+    Returns:
+        The directory, resolved now (a later ``os.chdir`` must not change what a relative
+        path means), for the recorder to keep; None when it writes no file.
+
     Raises:
         RecorderError: a recorder of this process still writes files into ``output_dir``.
     """
     if not writes_files or output_dir is None:
-        return
+        return None
+    claimed = output_dir.resolve()
     for other in list(_open_recorders):
-        if getattr(other, "_writes_files", False) and _same(other.output_dir, output_dir):
+        if getattr(other, "_claimed_dir", None) == claimed:
             raise RecorderError(
-                f"Another Recorder of this process still writes into {output_dir.resolve()}: two "
-                "recorders writing one directory would mix two CSV headers and two "
-                "TensorBoard event streams in it. Record through that one (one Recorder, "
-                "registered on the Context, serves the whole run), close it first, or give "
-                "this one its own output_dir."
+                f"Another Recorder of this process still writes into {claimed}: two recorders "
+                "writing one directory would mix two CSV headers and two TensorBoard event "
+                "streams in it. Record through that one (one Recorder, registered on the "
+                "Context, serves the whole run), close it first (a recorder stays open until "
+                "closed, or until its experiment ends, even when nothing refers to it any "
+                "more), or give this one its own output_dir."
             )
-
-
-def _same(first: Optional[Path], second: Path) -> bool:
-    try:
-        return first is not None and first.resolve() == second.resolve()
-    except OSError:
-        return False
+    return claimed
 
 
 def register(recorder: Any) -> None:

@@ -69,8 +69,7 @@ class Recorder(_Handover):
     ) -> None:
         chosen = chosen_backends(tensorboard, file, console, hdf5, backends, max_pending)
         self.output_dir = _lifetime.resolve_output_dir(output_dir, tensorboard or file or hdf5)
-        self._writes_files = bool(tensorboard or file or hdf5)
-        _lifetime.claim_directory(self.output_dir, self._writes_files)
+        self._claimed_dir = _lifetime.claim_directory(self.output_dir, tensorboard or file or hdf5)
         self._count = 0
         self._closed = False
         self._arrays = ArrayTags()

@@ -223,6 +223,20 @@ def test_a_second_recorder_writing_into_an_open_ones_directory_is_refused(tmp_pa
         1.0, 2.0, 3.0]  # fmt: skip
 
 
+def test_a_relative_directory_means_where_it_was_when_the_recorder_was_made(tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = Recorder("run")
+    monkeypatch.chdir(tmp_path / "b")
+    with Recorder("run"):  # b/run: another directory
+        pass
+    with pytest.raises(RecorderError, match=f"still writes into {tmp_path / 'a' / 'run'}:"):
+        Recorder(tmp_path / "a" / "run")
+    first.close()
+
+
 def test_a_half_written_csv_row_from_a_crash_is_cut_off_on_append(tmp_path):
     (tmp_path / "scalars.csv").write_text("step,tag,value\r\n0,loss,1.0\r\n1,lo")
     with Recorder(tmp_path, tensorboard=False) as recorder:

@@ -330,7 +330,7 @@ def _save_preempted_context(error) -> None:
 def _abandon_launch(error: BaseException, params) -> None:
     from .distributed import _job
 
-    _job.abandon()
+    _job.abandon(error)
     _run_lock.release()
     _forget_running_experiment()
     if isinstance(error, LaunchError):

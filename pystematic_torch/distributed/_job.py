@@ -19,7 +19,7 @@ import pathlib
 import socket
 import sys
 import traceback
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import _rundir, _session
 from ..errors import LaunchError
@@ -348,12 +348,36 @@ def _record_failure(run_dir: pathlib.Path, code: int) -> None:
                        run_dir / _run_record.RECORD_NAME, error)  # fmt: skip
 
 
-def abandon() -> None:
-    """Undo :func:`prepare` after a launch error: the store, the environment."""
+# How long rank 0, failing before the run started, waits for the other ranks to read why.
+_FAILURE_SEEN_SECONDS = 30.0
+
+
+def abandon(error: Optional[BaseException] = None) -> None:
+    """Undo :func:`prepare` after a launch error: the store, the environment.
+
+    Rank 0 hosting the store first tells the other ranks why the job will not start, and
+    waits (at most 30 s) until they have read it: each then ends with that reason instead of
+    waiting for the store until ``--distributed_timeout``.
+    """
     global _job
-    if _job is not None:
-        _restore_environment(_job.environ)
+    job = _job
+    if job is not None:
+        waiting = _ranks_started_elsewhere(job.info)
+        if error is not None and job.info.rank == 0 and waiting:
+            reason = str(error).rstrip(".") or type(error).__name__
+            job.rendezvous.report_failure(f"rank 0 could not start: {reason}")
+            job.rendezvous.wait_until_seen(waiting, min(job.timeout, _FAILURE_SEEN_SECONDS))
+        _restore_environment(job.environ)
     _job = None
+
+
+def _ranks_started_elsewhere(info: _launch.RankInfo) -> List[int]:
+    """The ranks a launcher other than this process started, which may be waiting now."""
+    if info.source != "local":
+        return list(range(1, info.world_size))
+    # Our own launcher starts each machine's other ranks only once the job forms.
+    per_machine = info.world_size // max(info.machines, 1)
+    return [machine * per_machine for machine in range(1, info.machines)]
 
 
 def _leave(job: _Job) -> None:

@@ -16,7 +16,7 @@ import json
 import logging
 import socket
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch.distributed as dist
 
@@ -30,6 +30,7 @@ _POLL_SECONDS = 0.05
 # attempt never reads the addresses or the failure of the one before.
 _LASTING = "pystematic_torch/"
 _FAILED = "failed"
+_SEEN = "failure-seen/"
 _JOB = f"{_LASTING}job"
 _RUN = "run"
 
@@ -145,6 +146,30 @@ class Rendezvous:
         standing = standing.decode(errors="replace") if isinstance(standing, bytes) else standing
         return standing == reason, standing
 
+    def wait_until_seen(self, ranks: List[int], seconds: float) -> None:
+        """On rank 0, after :meth:`report_failure` before the run started: keep the store up
+        until every other rank has read the failure, or ``seconds`` have passed.
+
+        Leaving at once would take the store along before ranks still starting could
+        connect to it: they would wait for it until ``--distributed_timeout``.
+        """
+        keys = [f"{_SEEN}{rank}" for rank in ranks]
+        deadline = time.monotonic() + seconds
+        try:
+            while not self.store.check(keys) and time.monotonic() < deadline:
+                time.sleep(_POLL_SECONDS)
+        except Exception:  # noqa: BLE001 - best effort: the failure is reported already
+            pass
+
+    def _check(self, keys, what: str) -> bool:
+        try:
+            return self.store.check(keys)
+        except Exception as error:  # noqa: BLE001 - rank 0, which hosts the store, is gone
+            raise LaunchError(
+                f"Rank {self.info.rank} lost contact with rank 0 while it waited to {what} "
+                f"({_first_line(error)}); rank 0's own output says why it ended."
+            ) from None
+
     def reported_failure(self) -> Optional[str]:
         try:
             if self.store.check([_FAILED]):
@@ -155,9 +180,13 @@ class Rendezvous:
 
     def _wait_for(self, keys, timeout: float, watch: Callable[[], None], what: str) -> None:
         deadline = time.monotonic() + timeout
-        while not self.store.check(keys):
+        while not self._check(keys, what):
             failure = self.reported_failure()
             if failure is not None:
+                try:
+                    self.store.set(f"{_SEEN}{self.info.rank}", "")  # rank 0 may leave now
+                except Exception:  # noqa: BLE001 - rank 0 and its store are gone already
+                    pass
                 raise LaunchError(f"The job failed while rank {self.info.rank} waited to {what}: "
                                   f"{failure}.")  # fmt: skip
             watch()

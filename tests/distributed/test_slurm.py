@@ -1,5 +1,6 @@
 """Distributed runs on a real one-node SLURM cluster: srun, sbatch and scancel, for real."""
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -10,10 +11,12 @@ import pytest
 import torch
 import yaml
 
+from pystematic_torch import _run_lock
 from tests.support import slurm
 
 JOB = pathlib.Path(__file__).parent / "jobs" / "ddp_job.py"
 EXAMPLES = pathlib.Path(__file__).parents[2] / "examples"
+RECORD_JOB = pathlib.Path(__file__).parents[1] / "lifecycle" / "jobs" / "record.py"
 DONE = r"DONE rank=(\d) world=2 checksum=(-?\d+\.\d{10})"
 
 
@@ -102,3 +105,34 @@ def test_scancel_with_sigterm_saves_the_preemption_checkpoint(cluster, tmp_path)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "preempted"
     # This job's processes only: another copy of the suite may be running the example too.
     assert subprocess.run(["pgrep", "-f", "--", f"--output-dir {tmp_path} "]).returncode != 0
+
+
+@pytest.mark.timeout(300)
+def test_srun_continuing_a_run_that_is_still_written_ends_every_rank_with_the_reason(
+    cluster, tmp_path
+):
+    record = ["--output-dir", str(tmp_path), "--no-cuda", "--checkpoint-every", "5",
+              "--backlog", "1"]  # fmt: skip
+    first = subprocess.run([sys.executable, str(RECORD_JOB), *record, "--steps", "6"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    run_dir = the_run_directory(tmp_path, "record-job")
+    _run_lock.hold(run_dir, "the test")  # this process stands for the run, still writing
+    try:
+        started = time.monotonic()
+        result = cluster.run(["srun", "-n", "2", sys.executable, str(RECORD_JOB), *record,
+                              "--steps", "12", "--distributed", "--checkpoint", "latest",
+                              "--distributed_timeout", "90"], cwd=tmp_path)  # fmt: skip
+        seconds = time.monotonic() - started
+    finally:
+        _run_lock.release()
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0, output
+    # Rank 1, started by srun beside rank 0, hears why from rank 0 instead of waiting for
+    # its store until --distributed_timeout.
+    assert seconds < 60, output
+    busy = f"is still being written by another process (process {os.getpid()} on "
+    assert output.count(busy) == 2, output
+    assert ("Error: The job failed while rank 1 waited to publish its run directory: rank 0 "
+            "could not start: --checkpoint latest: the newest run of 'record-job'") in output
+    assert "Traceback" not in output and "STEP" not in output

@@ -44,14 +44,19 @@ def tensorboard_steps(directory):
     return [event.step for event in accumulator.Scalars("train/step")]
 
 
+def paused_at_step_12(tmp_path, ranks):
+    """The requeue command and its first start, waiting at step 12 for a stop signal."""
+    extra = ("--distributed", "--nproc_per_node", "2") if ranks == 2 else ()
+    args = job_args(*extra, *COMMAND, script=JOB, output=tmp_path)
+    first = Job(args, tmp_path)
+    first.wait_for(r"STEP rank=0 step=12")  # rank 0 waits there for the signal
+    return args, first
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_the_same_command_starts_then_continues_the_run_in_its_own_directory(tmp_path, ranks):
-    extra = ("--distributed", "--nproc_per_node", "2") if ranks == 2 else ()
-    args = job_args(*extra, *COMMAND, script=JOB, output=tmp_path)
-
-    first = Job(args, tmp_path)
-    first.wait_for(r"STEP rank=0 step=12")  # rank 0 waits there for the signal
+    args, first = paused_at_step_12(tmp_path, ranks)
     first.process.send_signal(signal.SIGTERM)  # the scheduler preempts the job ...
     code, _ = first.finish()
     assert code == 143, first.output
@@ -107,10 +112,7 @@ def test_a_requeue_past_a_damaged_checkpoint_continues_from_the_one_saved_before
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_the_same_command_started_while_the_run_still_writes_is_refused(tmp_path, ranks):
-    extra = ("--distributed", "--nproc_per_node", "2") if ranks == 2 else ()
-    args = job_args(*extra, *COMMAND, script=JOB, output=tmp_path)
-    first = Job(args, tmp_path)
-    first.wait_for(r"STEP rank=0 step=12")  # checkpoints 5 and 10 exist; rank 0 waits
+    args, first = paused_at_step_12(tmp_path, ranks)  # checkpoints 5 and 10 exist
     (run_dir,) = (tmp_path / "record-job").iterdir()
     before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
 

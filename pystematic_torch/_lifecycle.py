@@ -252,7 +252,6 @@ def _resolve_latest(experiment, params) -> None:
     ``--output-dir`` that holds a Context checkpoint is continued in its own directory, so
     its logs, recordings and checkpoints stay one run; with none, a new run starts.
     """
-
     from .checkpoint import find_latest_run, list_checkpoints
 
     continued = _rundir.pending()

@@ -363,7 +363,8 @@ def abandon(error: Optional[BaseException] = None) -> None:
     job = _job
     if job is not None:
         waiting = _ranks_started_elsewhere(job.info)
-        if error is not None and job.info.rank == 0 and waiting:
+        # Not after Ctrl-C: the launcher interrupts every rank, and none would answer.
+        if isinstance(error, Exception) and job.info.rank == 0 and waiting:
             reason = str(error).rstrip(".") or type(error).__name__
             job.rendezvous.report_failure(f"rank 0 could not start: {reason}")
             job.rendezvous.wait_until_seen(waiting, min(job.timeout, _FAILURE_SEEN_SECONDS))

@@ -147,8 +147,14 @@ def teardown(error: Optional[BaseException]) -> None:
         # closing of the log file.
         logger.error("%s", failure)
         _teardown_error = _teardown_error or failure
+    except KeyboardInterrupt as interrupt:  # Ctrl-C while closing: the run ends interrupted
+        _teardown_error = _teardown_error or interrupt
+        _job.interrupted_while_closing()
     _preemption.uninstall()
-    _job.finish(error)
+    child_failure = _job.finish(error)
+    if child_failure is not None:
+        logger.error("%s", child_failure)
+        _teardown_error = _teardown_error or _session.TeardownError(child_failure)
 
 
 def _drop_torch_frames(error: BaseException) -> None:
@@ -204,6 +210,8 @@ def finish(error: Optional[BaseException]) -> None:
     failure, _teardown_error = _teardown_error, None
     if failure is None:
         return
+    # run.json was written as the experiment ended; the process ends with this failure.
+    _run_record.correct_the_ending(130 if isinstance(failure, KeyboardInterrupt) else 1)
     _forget_running_experiment()
     raise failure
 

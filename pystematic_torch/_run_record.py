@@ -46,6 +46,8 @@ _ENDINGS = {
     _session.INTERRUPTED: (INTERRUPTED, 130),
 }
 _STATUS_OF_EXIT_CODE = {0: FINISHED, 130: INTERRUPTED, 143: PREEMPTED}
+#: The run directory whose record this process started last (rank 0 only).
+_run_dir: Optional[pathlib.Path] = None
 
 
 def start(experiment: Any, params: dict) -> None:
@@ -80,6 +82,9 @@ def start(experiment: Any, params: dict) -> None:
     }
     _write_logged(run_dir, record)
 
+    global _run_dir
+    _run_dir = run_dir
+
     def record_end() -> None:
         status, exit_code = _ENDINGS.get(_session.outcome(), (FAILED, 1))
         if _session.exit_code() is not None:
@@ -88,6 +93,18 @@ def start(experiment: Any, params: dict) -> None:
                                 "ended_at": _now()})  # fmt: skip
 
     _session.call_at_exit(record_end)
+
+
+def correct_the_ending(exit_code: int) -> None:
+    """After the end was recorded: the run's process ends with ``exit_code`` after all (a
+    clean-up failed, or Ctrl-C came while closing); a no-op where no record was started."""
+    if _run_dir is None:
+        return
+    try:
+        record_exit(_run_dir, exit_code)
+    except OSError as error:
+        logger.warning("Could not correct the run's status record %s: %s",
+                       _run_dir / RECORD_NAME, error)  # fmt: skip
 
 
 def read(run_dir: os.PathLike) -> Optional[Dict[str, Any]]:

@@ -123,9 +123,12 @@ def end(how: str = SUCCESS, code: Optional[int] = None) -> None:
 
     Raises:
         TeardownError: one or more callbacks raised; the message lists each.
+        KeyboardInterrupt: Ctrl-C during a callback, raised once every callback has run;
+            the outcome the later callbacks read is then INTERRUPTED.
     """
     global _params, _outcome, _ending, _exit_code
     failures = []
+    interrupted: Optional[KeyboardInterrupt] = None
     _ending = True
     with _lock:
         if _outcome is None:
@@ -137,10 +140,21 @@ def end(how: str = SUCCESS, code: Optional[int] = None) -> None:
                 break
             try:
                 callback()
+            except KeyboardInterrupt as interrupt:
+                # Ctrl-C during the clean-up: the other clean-ups still run (files closed,
+                # run.json written, as interrupted), then the interrupt goes on.
+                interrupted = interrupted or interrupt
+                if _outcome in (SUCCESS, PREEMPTED):
+                    _outcome, _exit_code = INTERRUPTED, 130
             except Exception as error:  # noqa: BLE001 - collected and raised below
                 logger.debug("Cleanup at experiment end failed in %r.", callback, exc_info=True)
                 failures.append((callback, error))
         _params = None
+    if interrupted is not None:
+        for callback, error in failures:
+            logger.error("Cleanup at experiment end failed in %s: %s: %s", _describe(callback),
+                         type(error).__name__, error)  # fmt: skip
+        raise interrupted
     if failures:
         lines = [f"{_describe(callback)}: {type(error).__name__}: {error}"
                  for callback, error in failures]  # fmt: skip

@@ -144,3 +144,32 @@ def test_exit_codes_map_to_statuses():
     assert [_run_record.status_of_exit_code(code) for code in (0, 1, 130, 143, -9, 3)] == [
         "finished", "failed", "interrupted", "preempted", "failed", "failed",
     ]  # fmt: skip
+
+
+def test_ctrl_c_during_the_clean_up_still_closes_everything_and_records_the_interrupt(tmp_path):
+    # A recorder whose close is slow, Ctrl-C meanwhile: every other clean-up still runs,
+    # run.json says interrupted, and the process can run the next experiment.
+    import pystematic
+
+    from pystematic_torch import _session
+
+    seen = {}
+
+    def ctrl_c_in_a_clean_up():
+        raise KeyboardInterrupt
+
+    @pystematic.experiment
+    def interrupted_close(params):
+        seen["run_dir"] = pathlib.Path(str(pystematic.output_dir))
+        recorder = pystematic_torch.Recorder(tensorboard=False)  # closed after the next one
+        recorder.scalar("loss", 1.0)
+        _session.call_at_exit(ctrl_c_in_a_clean_up)
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted_close.run({"output_dir": str(tmp_path)})
+    record = _run_record.read(seen["run_dir"])
+    assert (record["status"], record["exit_code"]) == ("interrupted", 130)
+    assert (seen["run_dir"] / "scalars.csv").read_text().splitlines() == ["step,tag,value",
+                                                                          "0,loss,1.0"]  # fmt: skip
+    record, outcome = run_in_process(tmp_path / "next", mode="ok")
+    assert outcome is None and record["status"] == "finished"

@@ -260,6 +260,9 @@ def arrive_before_closing() -> Optional[Tuple[str, int]]:
         return None
     try:
         _session.make_durable()
+    except KeyboardInterrupt:
+        interrupted_while_closing()
+        return job.supervisor.failure
     except Exception:  # noqa: BLE001 - closing the recorder raises the failure again
         logger.debug("Flushing before the closing barrier failed.", exc_info=True)
     if all_ranks_arrive(job.supervisor):
@@ -268,16 +271,30 @@ def arrive_before_closing() -> Optional[Tuple[str, int]]:
     return job.supervisor.failure or ("another rank failed", 1)
 
 
-def finish(error: Optional[BaseException]) -> None:
+def interrupted_while_closing() -> None:
+    """Ctrl-C reached this rank while it ended its experiment: the job fails with it, and
+    the other ranks, which may be waiting for this one at the end, learn of it."""
+    job = _job
+    if job is None or job.supervisor is None:
+        return
+    job.supervisor.learn_of_failure(f"rank {job.info.rank} was interrupted (SIGINT)", 130)
+    job.failed_at_close = job.failure_recorded = True
+
+
+def finish(error: Optional[BaseException]) -> Optional[str]:
     """After this rank's recordings are flushed: leave the job cleanly, or let it fail.
 
     A rank that ended well still fails here when another rank fails before every rank has
     arrived at the closing barrier: :func:`fail` then ends the process with that failure.
+
+    Returns:
+        On rank 0 of a job it started itself: which started rank failed while ending its
+        run (a clean-up of its own that failed after the closing barrier), else None.
     """
     global _job
     job = _job
     if job is None:
-        return
+        return None
     ended_well = error is None or isinstance(error, _preemption.Preempted)
     if job.supervisor is not None and ended_well and not job.failed_at_close:
         # Barrier, stop watching, barrier: no rank may leave (rank 0 takes the store with it)
@@ -289,7 +306,7 @@ def finish(error: Optional[BaseException]) -> None:
                     child.join()
                 _leave(job)
                 _job = None
-                return
+                return _failed_child(job, error.code if error is not None else 0)
         job.failed_at_close = True
     if job.supervisor is not None:
         # Ranks blocked in a collective with this one learn of the failure when its
@@ -298,9 +315,20 @@ def finish(error: Optional[BaseException]) -> None:
             shut_down_peer_connections(job.rendezvous.port)
         job.supervisor.wait_for_children()
         if job.info.world_size > 1:
-            return  # fail() ends the process once pystematic has logged the error
+            return None  # fail() ends the process once pystematic has logged the error
     _leave(job)
     _job = None
+    return None
+
+
+def _failed_child(job: _Job, expected: int) -> Optional[str]:
+    # A preempted job's ranks all exit with the preemption's code, like this one.
+    failed = sorted((rank, child.exitcode) for rank, child in job.children.items()
+                    if child.exitcode not in (0, expected))  # fmt: skip
+    if not failed:
+        return None
+    listed = ", ".join(f"rank {rank} (exit code {code})" for rank, code in failed)
+    return f"The job failed: {listed} failed while ending its run; its log says why."
 
 
 def fail(error: Optional[BaseException]) -> None:

@@ -143,6 +143,39 @@ def test_a_peer_killed_while_a_rank_waits_in_the_closing_barrier_ends_the_job(tm
 
 
 @pytest.mark.timeout(150)
+def test_ctrl_c_while_rank_0_flushes_before_the_closing_barrier_ends_the_job(tmp_path):
+    # Rank 1 waits in the closing barrier for rank 0, whose last flush is slow; the Ctrl-C
+    # landing in that flush must end the job as interrupted, not leave rank 1 waiting.
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--ctrl-c-in-final-flush",
+                          output=tmp_path), tmp_path)  # fmt: skip
+    job.wait_for(r"FINAL_FLUSH")
+    processes = family(job)
+    code, seconds = job.finish(timeout=90)
+    assert code == 130, job.output
+    assert seconds < 60, seconds
+    assert "Traceback" not in job.output, job.output
+    assert "[rank 1] Stopping this rank: rank 0 was interrupted (SIGINT)" in job.output
+    assert_all_gone(processes)
+    (run_dir,) = (tmp_path / "ddp-job").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert (record["status"], record["exit_code"]) == ("interrupted", 130)
+    assert session_status(run_dir)[0] == api_pb2.STATUS_FAILURE
+
+
+@pytest.mark.timeout(150)
+def test_a_clean_up_failing_on_rank_1_at_the_end_fails_the_job(tmp_path):
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--fail-close-on", "1",
+                          output=tmp_path), tmp_path)  # fmt: skip
+    code, _ = job.finish(timeout=90)
+    assert code == 1, job.output
+    assert "No space left on device (a clean-up at the end of the run)" in job.output
+    assert "rank 1 (exit code 1) failed while ending its run" in job.output
+    (run_dir,) = (tmp_path / "ddp-job").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert (record["status"], record["exit_code"]) == ("failed", 1)
+
+
+@pytest.mark.timeout(150)
 def test_sigint_to_the_main_process_ends_every_rank(tmp_path):
     job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
                        output=tmp_path), tmp_path)  # fmt: skip

@@ -174,6 +174,9 @@ def test_a_failing_close_at_teardown_fails_the_run_and_the_rest_is_written(tmp_p
     assert "broken-disk" in job.output
     assert printed_steps(job, 0) == list(range(8))
     assert_recorded(run_dir(tmp_path), list(range(8)), ranks, job)
+    # run.json was written as the experiment returned; it must say how the process ended.
+    record = json.loads((run_dir(tmp_path) / "run.json").read_text())
+    assert (record["status"], record["exit_code"]) == ("failed", 1)
 
 
 @pytest.mark.timeout(240)

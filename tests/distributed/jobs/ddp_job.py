@@ -5,13 +5,18 @@ DataLoader worker), for the kill and interrupt tests. --fail_rank K raises on ra
 in torchrun's first attempt with --fail-once). --fail-at-end K: rank K, its training done,
 waits until the other rank is in the job's closing barrier, then raises (--end-failure
 raise) or prints HANGING and waits to be killed (--end-failure hang).
+--ctrl-c-in-final-flush: Ctrl-C reaches rank 0 while it flushes before the closing barrier.
+--fail-close-on K: a clean-up of rank K at the end of the run fails.
 DDP_JOB_DIE_AT_IMPORT=1 makes every rank the launch starts die while importing this script.
 """
 import os
+import signal
 import time
 
 import pystematic
 import torch
+
+from pystematic_torch import _session
 
 if os.environ.get("DDP_JOB_DIE_AT_IMPORT") and __name__ == "__mp_main__":
     raise SystemExit(3)
@@ -24,19 +29,27 @@ if os.environ.get("DDP_JOB_DIE_AT_IMPORT") and __name__ == "__mp_main__":
 @pystematic.parameter(name="stop_queued_first", type=bool, is_flag=True, default=False)
 @pystematic.parameter(name="fail_at_end", type=int, default=-1)
 @pystematic.parameter(name="end_failure", type=str, default="raise")
+@pystematic.parameter(name="ctrl_c_in_final_flush", type=bool, is_flag=True, default=False)
+@pystematic.parameter(name="fail_close_on", type=int, default=-1)
 @pystematic.experiment
 def ddp_job(params):
     if params["stop_queued_first"] and pystematic.torch.get_rank() == 1:
         queue_the_stop_before_teardown()
-    if params["fail_at_end"] not in (-1, pystematic.torch.get_rank()):
+    if params["fail_at_end"] not in (-1, pystematic.torch.get_rank()) or (
+        params["ctrl_c_in_final_flush"] and pystematic.torch.get_rank() != 0
+    ):
         say_when_in_the_closing_barrier()
     torch.manual_seed(0)
     ctx = pystematic.torch.Context()
     ctx.model = torch.nn.Linear(4, 2)
     ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
-    if params["fail_at_end"] != -1:  # how the run ended, as rank 0's recorder writes it
-        ctx.recorder = pystematic.torch.Recorder(file=False)
+    if params["fail_at_end"] != -1 or params["ctrl_c_in_final_flush"]:
+        # How the run ended, as rank 0's recorder writes it.
+        backends = [CtrlCInFinalFlush()] if params["ctrl_c_in_final_flush"] else []
+        ctx.recorder = pystematic.torch.Recorder(file=False, backends=backends, flush_secs=3600)
         ctx.recorder.params(params)
+    if params["fail_close_on"] == pystematic.torch.get_rank():
+        _session.call_at_exit(a_clean_up_that_fails)
     ctx.autotransform()
     rank, world = pystematic.torch.get_rank(), pystematic.torch.get_num_processes()
     batches = iter(torch.utils.data.DataLoader(range(10**6), batch_size=8, num_workers=1))
@@ -56,8 +69,34 @@ def ddp_job(params):
         step += 1
     checksum = sum(p.detach().double().sum().item() for p in ctx.model.parameters())
     print(f"DONE rank={rank} world={world} checksum={checksum:.10f}", flush=True)
+    CtrlCInFinalFlush.loop_done = params["ctrl_c_in_final_flush"]
     if rank == params["fail_at_end"]:
         fail_once_the_peer_is_in_the_closing_barrier(params["end_failure"])
+
+
+class CtrlCInFinalFlush(pystematic.torch.RecorderBackend):
+    """A disk so slow that Ctrl-C comes while the run's last flush still writes: once the
+    other rank waits in the closing barrier, the flush before it sends SIGINT to this
+    process and holds until the main thread has begun ending the run with it."""
+
+    name = "ctrl-c-in-final-flush"
+    loop_done = False
+
+    def flush(self):
+        if not CtrlCInFinalFlush.loop_done:
+            return
+        CtrlCInFinalFlush.loop_done = False  # once
+        print(f"FINAL_FLUSH pid={os.getpid()}", flush=True)
+        deadline = time.monotonic() + 60
+        while not _closing_barrier_marker().exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+        while _session.outcome() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def a_clean_up_that_fails():
+    raise OSError(28, "No space left on device (a clean-up at the end of the run)")
 
 
 def _closing_barrier_marker():

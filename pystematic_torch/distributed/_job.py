@@ -12,19 +12,17 @@
 """
 import dataclasses
 import gc
-import json
 import logging
 import os
 import pathlib
-import socket
 import sys
 import traceback
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .. import _rundir, _session
 from ..errors import LaunchError
-from . import _launch, _preemption, get_num_processes, get_rank, is_distributed
-from ._closing import LOST_PEER_SECONDS, all_ranks_arrive
+from . import _launch, _preemption, _ranks_file, get_num_processes, is_distributed
+from ._closing import LOST_PEER_SECONDS, all_ranks_arrive, failed_child, record_failure
 from ._rendezvous import Rendezvous
 from ._sockets import shut_down_peer_connections
 from ._supervise import (
@@ -37,8 +35,6 @@ from ._supervise import (
 
 logger = logging.getLogger("pystematic.torch.launch")
 
-RANKS_FILE = "ranks.json"
-_LAUNCHERS = {"local": "pystematic-torch", "torchrun": "torchrun", "slurm": "srun"}
 _LOST_PEER_SIGNS = ("closed by peer", "reset by peer", "gloo/transport", "NCCL")
 
 
@@ -139,7 +135,7 @@ def start(params: dict) -> None:
     job.supervisor.start()
     _label_console(pystematic, info)
     job.run_dir = pathlib.Path(str(pystematic.output_dir))
-    _record_ranks(job.run_dir)
+    _ranks_file.write(job.run_dir, info, job.rendezvous.port)
 
 
 def _start_local_ranks(params: dict, job: _Job) -> None:
@@ -171,30 +167,6 @@ def _label_console(pystematic, info: _launch.RankInfo) -> None:
     # rank 0 of any distributed run gets the same label as the ranks beside it.
     if info.rank == 0 and info.world_size > 1:
         pystematic.subprocess_counter.__wrapped__ = max(1, int(pystematic.subprocess_counter))
-
-
-def _record_ranks(output_dir) -> None:
-    """Write ``ranks.json``: who took part, where, started by what."""
-    from . import gather_to_master
-
-    info = _job.info
-    here = {"rank": get_rank(), "host": socket.gethostname(), "pid": os.getpid(),
-            "local_rank": info.local_rank}  # fmt: skip
-    ranks = gather_to_master(here)
-    if ranks is None:
-        return
-    record = {
-        "world_size": len(ranks),
-        "launcher": _LAUNCHERS[info.source],
-        "master": f"{info.master_addr}:{_job.rendezvous.port}",
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "torchrun_restart": info.restart if info.source == "torchrun" else None,
-        "ranks": ranks,
-    }
-    path = pathlib.Path(str(output_dir)) / RANKS_FILE
-    temporary = path.with_name(f".{RANKS_FILE}.tmp")
-    temporary.write_text(json.dumps(record, indent=1))
-    os.replace(temporary, path)
 
 
 # -- the end --------------------------------------------------------------------------------
@@ -306,7 +278,7 @@ def finish(error: Optional[BaseException]) -> Optional[str]:
                     child.join()
                 _leave(job)
                 _job = None
-                return _failed_child(job, error.code if error is not None else 0)
+                return failed_child(job.children, error.code if error is not None else 0)
         job.failed_at_close = True
     if job.supervisor is not None:
         # Ranks blocked in a collective with this one learn of the failure when its
@@ -319,16 +291,6 @@ def finish(error: Optional[BaseException]) -> Optional[str]:
     _leave(job)
     _job = None
     return None
-
-
-def _failed_child(job: _Job, expected: int) -> Optional[str]:
-    # A preempted job's ranks all exit with the preemption's code, like this one.
-    failed = sorted((rank, child.exitcode) for rank, child in job.children.items()
-                    if child.exitcode not in (0, expected))  # fmt: skip
-    if not failed:
-        return None
-    listed = ", ".join(f"rank {rank} (exit code {code})" for rank, code in failed)
-    return f"The job failed: {listed} failed while ending its run; its log says why."
 
 
 def fail(error: Optional[BaseException]) -> None:
@@ -348,7 +310,7 @@ def fail(error: Optional[BaseException]) -> None:
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         sys.stderr.write("".join(f"{label} {line}\n" for line in text.splitlines()))
     if job.failed_at_close and not job.failure_recorded and job.info.rank == 0:
-        _record_failure(job.run_dir, code)
+        record_failure(job.run_dir, code)
     if error is not None:
         # The failed frames hold DataLoader iterators: freed, they stop their workers and
         # release their semaphores properly, instead of leaving that to the resource
@@ -365,17 +327,6 @@ def fail(error: Optional[BaseException]) -> None:
     os._exit(code)
 
 
-def _record_failure(run_dir: pathlib.Path, code: int) -> None:
-    """Correct ``run.json``, which says how this rank's experiment ended, to how the job did."""
-    from .. import _run_record
-
-    try:
-        _run_record.record_exit(run_dir, code)
-    except OSError as error:
-        logger.warning("Could not record the job's failure in %s: %s",
-                       run_dir / _run_record.RECORD_NAME, error)  # fmt: skip
-
-
 # How long rank 0, failing before the run started, waits for the other ranks to read why.
 _FAILURE_SEEN_SECONDS = 30.0
 
@@ -390,7 +341,7 @@ def abandon(error: Optional[BaseException] = None) -> None:
     global _job
     job = _job
     if job is not None:
-        waiting = _ranks_started_elsewhere(job.info)
+        waiting = _launch.ranks_started_elsewhere(job.info)
         # Not after Ctrl-C: the launcher interrupts every rank, and none would answer.
         if isinstance(error, Exception) and job.info.rank == 0 and waiting:
             reason = str(error).rstrip(".") or type(error).__name__
@@ -398,15 +349,6 @@ def abandon(error: Optional[BaseException] = None) -> None:
             job.rendezvous.wait_until_seen(waiting, min(job.timeout, _FAILURE_SEEN_SECONDS))
         _restore_environment(job.environ)
     _job = None
-
-
-def _ranks_started_elsewhere(info: _launch.RankInfo) -> List[int]:
-    """The ranks a launcher other than this process started, which may be waiting now."""
-    if info.source != "local":
-        return list(range(1, info.world_size))
-    # Our own launcher starts each machine's other ranks only once the job forms.
-    per_machine = info.world_size // max(info.machines, 1)
-    return [machine * per_machine for machine in range(1, info.machines)]
 
 
 def _leave(job: _Job) -> None:

@@ -239,3 +239,12 @@ def check_gpus(info: RankInfo, nproc_per_node: int, use_cuda: bool) -> Optional[
     device = torch.device("cuda", info.local_rank % visible)
     torch.cuda.set_device(device)
     return device
+
+
+def ranks_started_elsewhere(info: RankInfo) -> List[int]:
+    """The ranks a launcher other than this process started, which may be waiting now."""
+    if info.source != "local":
+        return list(range(1, info.world_size))
+    # Our own launcher starts each machine's other ranks only once the job forms.
+    per_machine = info.world_size // max(info.machines, 1)
+    return [machine * per_machine for machine in range(1, info.machines)]

@@ -1,6 +1,7 @@
 """``--checkpoint latest``: one command for a job's first start and every requeue."""
 import csv
 import json
+import os
 import pathlib
 import re
 import signal
@@ -137,3 +138,23 @@ def test_the_same_command_started_while_the_run_still_writes_is_refused(tmp_path
     steps = [step for step, tag in csv_rows(run_dir) if tag == "train/step"]
     assert steps == list(range(30))
     assert sorted(tensorboard_steps(run_dir)) == list(range(30))
+
+
+@pytest.mark.timeout(300)
+def test_a_requeue_right_after_a_sigkill_is_not_refused_by_the_killed_runs_workers(tmp_path):
+    # The killed run's DataLoader workers notice their parent is gone only after a few
+    # seconds; meanwhile they must hold neither the run nor its HDF5 files.
+    args = job_args(*COMMAND, "--dataset", "samples", script=JOB, output=tmp_path)
+    first = Job(args, tmp_path)
+    first.wait_for(r"STEP rank=0 step=12")  # checkpoints 5 and 10 exist
+    (pid,) = re.findall(r"READY rank=0 pid=(\d+)", first.output)
+    os.kill(int(pid), signal.SIGKILL)  # the run only: its worker lives on for a while
+    requeued = Job(job_args(*COMMAND[:-2], "--dataset", "samples", script=JOB, output=tmp_path),
+                   tmp_path)  # fmt: skip
+    code, _ = requeued.finish()
+    assert code == 0, requeued.output
+    first.finish()
+    (run_dir,) = (tmp_path / "record-job").iterdir()
+    steps = [step for step, tag in csv_rows(run_dir) if tag == "train/step"]
+    assert steps == list(range(30))
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"

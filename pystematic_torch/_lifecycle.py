@@ -337,9 +337,11 @@ def _save_preempted_context(error) -> None:
 def _abandon_launch(error: BaseException, params) -> None:
     from .distributed import _job
 
-    _job.abandon(error)
-    _run_lock.release()
-    _forget_running_experiment()
+    try:
+        _job.abandon(error)
+    finally:
+        _run_lock.release()
+        _forget_running_experiment()
     if isinstance(error, LaunchError):
         error.debug = params["debug"]
 

@@ -158,6 +158,8 @@ class Rendezvous:
         try:
             while not self.store.check(keys) and time.monotonic() < deadline:
                 time.sleep(_POLL_SECONDS)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C: stop waiting, the launch error still ends the process
         except Exception:  # noqa: BLE001 - best effort: the failure is reported already
             pass
 

@@ -51,3 +51,15 @@ def test_our_own_launcher_waits_only_for_the_first_rank_of_each_other_machine():
     assert abandoned(LaunchError("x"), source="local", world_size=2).waited_for == []
     rendezvous = abandoned(LaunchError("x"), source="local", world_size=6, machines=3)
     assert rendezvous.waited_for == [([2, 4], 30.0)]
+
+
+def test_ctrl_c_while_rank_0_waits_for_the_others_stops_the_wait():
+    class InterruptedStore:
+        def check(self, keys):
+            raise KeyboardInterrupt
+
+    from pystematic_torch.distributed._rendezvous import Rendezvous
+
+    rendezvous = Rendezvous.__new__(Rendezvous)
+    rendezvous.store = InterruptedStore()
+    rendezvous.wait_until_seen([1], seconds=30.0)  # returns at once, raising nothing

@@ -55,6 +55,8 @@ def start(experiment: Any, params: dict) -> None:
 
     A record that cannot be written is logged as a warning: it must never stop a training run.
     """
+    global _run_dir
+    _run_dir = None  # until this run's record exists: no earlier run's is corrected
     if params.get("distributed"):
         from .distributed import get_num_processes, is_master
 
@@ -82,7 +84,6 @@ def start(experiment: Any, params: dict) -> None:
     }
     _write_logged(run_dir, record)
 
-    global _run_dir
     _run_dir = run_dir
 
     def record_end() -> None:

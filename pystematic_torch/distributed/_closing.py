@@ -5,14 +5,10 @@ A plain ``dist.barrier()`` there would raise the broken connection's error (gloo
 for the flush limit (NCCL, which does not notice a peer that raised) when another rank
 fails while this one, its experiment ended well, waits for the others.
 """
-import logging
-import pathlib
 import time
 from typing import Any, Dict, Optional
 
 from ._supervise import Supervisor
-
-logger = logging.getLogger("pystematic.torch.launch")
 
 # A collective broken by a dead peer can fail before the monitor has seen the death: how
 # long to look for that cause before reporting the broken collective as the failure.
@@ -71,14 +67,3 @@ def failed_child(children: Dict[int, Any], expected: int) -> Optional[str]:
         return None
     listed = ", ".join(f"rank {rank} (exit code {code})" for rank, code in failed)
     return f"The job failed: {listed} failed while ending its run; its log says why."
-
-
-def record_failure(run_dir: pathlib.Path, code: int) -> None:
-    """Correct ``run.json``, which says how this rank's experiment ended, to how the job did."""
-    from .. import _run_record
-
-    try:
-        _run_record.record_exit(run_dir, code)
-    except OSError as error:
-        logger.warning("Could not record the job's failure in %s: %s",
-                       run_dir / _run_record.RECORD_NAME, error)  # fmt: skip

@@ -19,10 +19,10 @@ import sys
 import traceback
 from typing import Any, Dict, Optional, Tuple
 
-from .. import _rundir, _session
+from .. import _run_record, _rundir, _session
 from ..errors import LaunchError
 from . import _launch, _preemption, _ranks_file, get_num_processes, is_distributed
-from ._closing import LOST_PEER_SECONDS, all_ranks_arrive, failed_child, record_failure
+from ._closing import LOST_PEER_SECONDS, all_ranks_arrive, failed_child
 from ._rendezvous import Rendezvous
 from ._sockets import shut_down_peer_connections
 from ._supervise import (
@@ -50,7 +50,6 @@ class _Job:
     children: Dict[int, Any] = dataclasses.field(default_factory=dict)
     supervisor: Optional[Supervisor] = None
     origin: bool = False
-    run_dir: Optional[pathlib.Path] = None
     #: Another rank failed while this one, its experiment ended well, was leaving the job.
     failed_at_close: bool = False
     #: ... and this rank learned of it before it closed its recordings and run.json, so
@@ -134,8 +133,7 @@ def start(params: dict) -> None:
     )  # fmt: skip
     job.supervisor.start()
     _label_console(pystematic, info)
-    job.run_dir = pathlib.Path(str(pystematic.output_dir))
-    _ranks_file.write(job.run_dir, info, job.rendezvous.port)
+    _ranks_file.write(pystematic.output_dir, info, job.rendezvous.port)
 
 
 def _start_local_ranks(params: dict, job: _Job) -> None:
@@ -310,7 +308,8 @@ def fail(error: Optional[BaseException]) -> None:
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         sys.stderr.write("".join(f"{label} {line}\n" for line in text.splitlines()))
     if job.failed_at_close and not job.failure_recorded and job.info.rank == 0:
-        record_failure(job.run_dir, code)
+        # run.json says how this rank's experiment ended; the job ended otherwise.
+        _run_record.correct_the_ending(code)
     if error is not None:
         # The failed frames hold DataLoader iterators: freed, they stop their workers and
         # release their semaphores properly, instead of leaving that to the resource

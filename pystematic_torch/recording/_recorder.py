@@ -68,8 +68,9 @@ class Recorder(_Handover):
         flush_secs: float = 5.0,
     ) -> None:
         chosen = chosen_backends(tensorboard, file, console, hdf5, backends, max_pending)
-        self.output_dir = _lifetime.resolve_output_dir(output_dir, tensorboard or file or hdf5)
-        self._claimed_dir = _lifetime.claim_directory(self.output_dir, tensorboard or file or hdf5)
+        writes_files = tensorboard or file or hdf5
+        self.output_dir = _lifetime.resolve_output_dir(output_dir, writes_files)
+        self._claimed_dir = _lifetime.claim_directory(self.output_dir, writes_files)
         self._count = 0
         self._closed = False
         self._arrays = ArrayTags()

@@ -15,10 +15,9 @@ uncompressed files can end with "bad object header version number". Files opened
   file exists only once it is whole (an existing one opened with ``"w"`` is truncated in
   place and flushed at once);
 * are flushed and synced by their owners at checkpoints, every few seconds and at close;
-* are not held by forked children (DataLoader workers): a child replaces its copy of the
-  file's descriptor with /dev/null at once, so HDF5's file lock does not outlive a killed
-  run in a worker that lingers for a few seconds (a requeue would find the file locked),
-  and nothing the child's copy of HDF5 might write reaches the file.
+* are not held by forked children (DataLoader workers, see ``_forked``), so HDF5's file
+  lock does not outlive a killed run in a worker that lingers for a few seconds (a requeue
+  would find the file locked), and nothing the child's copy of HDF5 might write reaches it.
 
 A kill therefore leaves the file readable with at least everything written before its last
 flush (tests/data/test_hdf5.py and tests/recording/test_durability.py kill writers at
@@ -32,15 +31,14 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Dict, Tuple
+from typing import Any
+
+from . import _forked
 
 _flush_lock = threading.Lock()
 _flushed_periodically: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _flusher: Any = None
 _POLL_SECONDS = 0.5
-# The descriptors of files opened here, with the identity (device, inode) of the file each
-# was opened on: a number the process has reused since for something else is left alone.
-_descriptors: Dict[int, Tuple[int, int]] = {}
 
 
 def open_file(path: str, mode: str) -> Any:
@@ -86,33 +84,9 @@ def _without_evictions(handle: Any) -> Any:
 
 def _remember_descriptor(handle: Any) -> None:
     try:
-        descriptor = int(handle.id.get_vfd_handle())
-        stat = os.fstat(descriptor)
+        _forked.let_go_in_children(int(handle.id.get_vfd_handle()))
     except (OSError, TypeError, ValueError, RuntimeError):
-        return  # a driver without a plain descriptor: nothing for a child to inherit
-    _descriptors[descriptor] = (stat.st_dev, stat.st_ino)
-
-
-def _let_go_in_child() -> None:
-    # Plain system calls only: another thread of the parent may have held h5py's lock at
-    # the fork, so the child must not call into h5py.
-    if not _descriptors:
-        return
-    null = os.open(os.devnull, os.O_RDWR)
-    try:
-        for descriptor, identity in list(_descriptors.items()):
-            try:
-                stat = os.fstat(descriptor)
-            except OSError:
-                continue
-            if (stat.st_dev, stat.st_ino) == identity:
-                os.dup2(null, descriptor)
-    finally:
-        os.close(null)
-    _descriptors.clear()
-
-
-os.register_at_fork(after_in_child=_let_go_in_child)
+        pass  # a driver without a plain descriptor: nothing for a child to inherit
 
 
 def flush(handle: Any) -> None:

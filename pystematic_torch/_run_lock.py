@@ -10,8 +10,9 @@ continue a locked directory is refused before it writes anything.
 The lock is an ``flock`` on the file: the kernel releases it when its process ends however
 it ends, SIGKILL included, so nothing stale is ever left to clean up. It belongs to the open
 file, not to the process, so the process opening and closing the lock file itself (copying
-its run directory, say) does not release it; forked children (DataLoader workers) close
-their inherited copy at once, so a worker outliving a killed run does not hold the run.
+its run directory, say) does not release it; forked children (DataLoader workers) drop
+their inherited copy at once (``_forked``), so a worker outliving a killed run does not
+hold the run.
 Linux's NFS client turns it into a lock the server holds, seen from every machine (not on
 mounts with ``nolock``, where it is local to each machine). The lock file names its holder,
 for the error a refused run gets.
@@ -25,6 +26,7 @@ import pathlib
 import socket
 from typing import Optional
 
+from . import _forked
 from .errors import LaunchError
 
 logger = logging.getLogger("pystematic.torch")
@@ -74,6 +76,7 @@ def hold(run_dir: pathlib.Path, what: str) -> None:
         return
     global _held, _held_dir
     _held, _held_dir = descriptor, run_dir
+    _forked.let_go_in_children(descriptor)
     _name_the_holder(descriptor)
 
 
@@ -90,13 +93,8 @@ def _name_the_holder(descriptor: int) -> None:
 
 
 def _forget_in_child() -> None:
-    """In a forked child: close the inherited lock file without releasing the parent's lock."""
+    # The child's copy of the descriptor is /dev/null by now (``_forked``): it holds nothing.
     global _held, _held_dir
-    if _held is not None:
-        try:
-            os.close(_held)
-        except OSError:
-            pass
     _held, _held_dir = None, None
 
 

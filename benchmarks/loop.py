@@ -34,10 +34,12 @@ the median over the rounds of the ratio of run times (set-up and close included:
 target, at most 1.05, is about this one), and the median over every epoch of every round
 of the ratio of the two loops' epochs (the cost per step once running).
 
-The recorder's own cost is also measured directly in each run of ours: the CPU time of its
-calls on the training thread (creating it, ``close()``, and ``scalar()`` with ``step()`` timed
-at one step in 16, since reading the clock costs as much as the calls) plus the CPU time of
-its writer thread until ``close()``, as a share of ours's CPU time.
+The recorder's own cost is also measured directly in each run of ours: the CPU time of
+creating it and of ``close()`` on the training thread, the time of ``scalar()`` with
+``step()`` (wall time, which on the training thread is CPU time: they never wait), timed at
+one step in 16 with ``perf_counter`` (0.04 us a read on the machine of benchmarks/README.md,
+where the thread's CPU clock, a system call, takes 0.6 us), plus the CPU time of its writer
+thread until ``close()``, as a share of ours's CPU time.
 """
 import argparse
 import os
@@ -117,10 +119,10 @@ def run_ours(images, labels, epochs: int, output_dir: Optional[str], writer: Wri
                 ctx.recorder.scalar("train/loss", loss)
                 ctx.recorder.step()
             elif record:  # the CPU clock read costs as much as the calls: read it for a few
-                start = time.thread_time()
+                start = time.perf_counter()
                 ctx.recorder.scalar("train/loss", loss)
                 ctx.recorder.step()
-                spent += (time.thread_time() - start) * _SAMPLE_EVERY
+                spent += (time.perf_counter() - start) * _SAMPLE_EVERY
             else:
                 losses.append(loss.item() if loss.is_cpu else loss.detach())
         ctx.epoch += 1

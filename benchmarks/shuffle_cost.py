@@ -11,7 +11,10 @@ difference. It trains loop.py's model (one torch thread) for one epoch at a time
 - gathered before the clock: the epoch's shuffled batches, taken from a SmartDataLoader
   (progress off) before the epoch's clock starts, so only training on them is timed;
 - loader: the same SmartDataLoader iterated inside the timed epoch, as a loop does;
-- by hand: ``randperm`` and one ``index_select`` per tensor per batch inside the epoch.
+- by hand: ``randperm`` and one ``index_select`` per tensor per batch inside the epoch;
+- with ``--blocks 32,128``: for each number, blocks of that many batches gathered by hand
+  (one ``index_select`` per tensor per block) inside the epoch, which tells the price of
+  a gather in the middle of the loop from the price of the rows it copies.
 
 The four take turns, an epoch each, in an order that rotates from round to round (this
 machine's speed drifts within seconds). Printed: the median time per step of each, its
@@ -53,10 +56,20 @@ def by_hand(images: torch.Tensor, labels: torch.Tensor):
         yield images.index_select(0, rows), labels.index_select(0, rows)
 
 
+def in_blocks(images: torch.Tensor, labels: torch.Tensor, batches: int):
+    order = torch.randperm(len(labels))
+    rows = batches * BATCH
+    for start in range(0, len(labels), rows):
+        block = order[start : start + rows]
+        yield from zip(images.index_select(0, block).split(BATCH),
+                       labels.index_select(0, block).split(BATCH))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--samples", type=int, default=8192)
+    parser.add_argument("--blocks", default="", help="block sizes in batches, e.g. 32,128")
     args = parser.parse_args()
     torch.set_num_threads(1)
     images, labels = make_data(args.samples)
@@ -71,6 +84,10 @@ def main() -> None:
         "loader": lambda: loader,
         "by hand": lambda: by_hand(images, labels),
     }
+    for size in filter(None, args.blocks.split(",")):
+        kinds[f"blocks of {int(size)} by hand"] = (
+            lambda size=int(size): in_blocks(images, labels, size)
+        )
     names = list(kinds)
     trainers = {}
     for name in names:

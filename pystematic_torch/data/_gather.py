@@ -12,11 +12,12 @@ from typing import Iterable, Iterator, List, Sequence
 
 import torch
 
-# A block holds at most this many batches, and more than one only while it stays within
-# this many bytes: small enough to stay in a core's cache between the gather and the
-# batches' use, large enough that the gather's fixed cost is shared by many batches.
-_BLOCK_BATCHES = 32
-_BLOCK_BYTES = 1 << 20
+# A block holds more than one batch only while it stays within this many bytes. Each gather
+# in the middle of the loop evicts the model's working set from the caches, which the next
+# steps pay to reload, so fewer, larger blocks are cheaper; measured with a tiny model
+# (benchmarks/shuffle_cost.py --blocks), the gain stops at blocks of about 2 MiB, and the
+# bound is what a block may add to memory beside the dataset.
+_BLOCK_BYTES = 4 << 20
 
 
 def gather_rows(
@@ -60,11 +61,12 @@ def gather_blocks(
 
     The same batches as :func:`gather_rows` over ``indices.split(batch_size)`` (the last
     one may be shorter), from CPU ``tensors``. Each batch is a contiguous slice of a block
-    gathered for up to ``_BLOCK_BATCHES`` batches at once, so it keeps that block's memory
-    alive while it is referenced, and ``torch.save`` of one saves the whole block.
+    of batches gathered at once (at most ``_BLOCK_BYTES``, unless one batch is larger), so
+    it keeps that block's memory alive while it is referenced, and ``torch.save`` of one
+    saves the whole block.
     """
     row_bytes = sum(math.prod(t.shape[1:]) * t.element_size() for t in tensors)
-    per_block = max(1, min(_BLOCK_BATCHES, _BLOCK_BYTES // max(1, row_bytes * batch_size)))
+    per_block = max(1, _BLOCK_BYTES // max(1, row_bytes * batch_size))
     rows = per_block * batch_size
 
     def blocks() -> Iterator[List[List[torch.Tensor]]]:

@@ -4,6 +4,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
+import torch
+
 from .. import _session
 from ..distributed import is_master
 from ..errors import RecorderError
@@ -17,6 +19,8 @@ from ._writer import ARRAY, FIGURE, HISTOGRAM, IMAGE, PARAMS, RESUME, SCALAR, ST
 __all__ = ["Recorder"]
 
 _now = time.time
+_Tensor = torch.Tensor
+_REAL = (float, int)
 
 
 class Recorder(_Handover):
@@ -129,9 +133,17 @@ class Recorder(_Handover):
         """
         if reduce is not None:
             value = self._reduced(tag, value, reduce)
-        elif (value.__class__ is not float and value.__class__ is not int) or (
-            tag.__class__ is not str or not tag
-        ):
+        elif tag.__class__ is not str or not tag:
+            value = _values.scalar(tag, value)
+        elif value.__class__ is _Tensor and value.is_cpu:
+            # A CPU loss, the common case: read here, as few tensor queries as possible.
+            # Anything item() cannot make a real number of gets its error from _values.
+            try:
+                number = value.item()
+            except RuntimeError:
+                number = None
+            value = number if number.__class__ in _REAL else _values.scalar(tag, value)
+        elif value.__class__ is not float and value.__class__ is not int:
             value = _values.scalar(tag, value)
         if self._accepting or self._reopen():
             items = self._items

@@ -33,16 +33,25 @@ def test_gather_blocks_delivers_the_same_batches_as_gathering_each(batch_size, b
             assert a.dtype == b.dtype and a.is_contiguous() and torch.equal(a, b)
 
 
-def test_a_block_shares_one_gather_between_batches_and_stays_within_its_bounds():
+def test_an_epoch_within_the_bound_is_one_gather_and_a_larger_one_is_split_at_it(monkeypatch):
     tensors = (torch.randn(10_000, 64), torch.arange(10_000))
-    batches = list(gather_blocks(tensors, torch.randperm(10_000), 64))
     row_bytes = 64 * 4 + 8
-    per_block = min(_gather._BLOCK_BATCHES, _gather._BLOCK_BYTES // (row_bytes * 64))
-    assert per_block > 1
-    first, second = batches[0][0], batches[1][0]
-    assert first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
-    assert first.untyped_storage().nbytes() == per_block * 64 * 64 * 4
+    assert 10_000 * row_bytes <= _gather._BLOCK_BYTES
+    batches = list(gather_blocks(tensors, torch.randperm(10_000), 64))
+    storages = {batch[0].untyped_storage().data_ptr() for batch in batches}
+    assert len(storages) == 1
+    assert batches[0][0].untyped_storage().nbytes() == 10_000 * 64 * 4
+
+    monkeypatch.setattr(_gather, "_BLOCK_BYTES", 20 * 64 * row_bytes + 1)  # 20 batches
+    batches = list(gather_blocks(tensors, torch.randperm(10_000), 64))
+    sizes = [batch[0].untyped_storage().nbytes() for batch in batches]
+    assert sizes[0] == sizes[139] == 20 * 64 * 64 * 4
+    pointers = [batch[0].untyped_storage().data_ptr() for batch in batches]
+    assert len(set(pointers[:20])) == 1 and pointers[19] != pointers[20]
+    # The last block holds what is left: 10,000 rows are 156 full batches and 16 rows.
+    assert sizes[-1] == (10_000 - 140 * 64) * 64 * 4
     # A batch larger than a block's bytes is a block of its own.
+    monkeypatch.setattr(_gather, "_BLOCK_BYTES", 1 << 20)
     huge = list(gather_blocks((torch.zeros(4, 1 << 18),), torch.arange(4), 2))
     assert [batch[0].untyped_storage().nbytes() for batch in huge] == [2 << 20, 2 << 20]
 

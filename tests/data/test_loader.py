@@ -266,6 +266,27 @@ def test_tensor_dataset_in_blocks_resumes_inside_any_block(stop_after, monkeypat
     assert epochs(resumed, 1)[0] == expected[1]
 
 
+@pytest.mark.parametrize("block_bytes", [None, 3 * 4 * 4])
+def test_a_change_to_the_tensors_shows_from_the_next_block(block_bytes, monkeypatch):
+    # As data.rst says: the rows of a block are read when its first batch is requested.
+    from pystematic_torch.data import _gather
+
+    if block_bytes is not None:
+        monkeypatch.setattr(_gather, "_BLOCK_BYTES", block_bytes)  # blocks of 3 batches
+    values = torch.zeros(24)
+    loader = loader_for(TensorDataset(values), batch_size=4, shuffle=True, random_seed=0)
+    batches = iter(loader)
+    first = next(batches)[0]
+    values += 1
+    seen = [batch[0] for batch in batches]
+    if block_bytes is None:  # the whole epoch is one block
+        assert all(torch.equal(batch, torch.zeros(4)) for batch in [first] + seen)
+    else:
+        assert all(torch.equal(batch, torch.zeros(4)) for batch in [first] + seen[:2])
+        assert all(torch.equal(batch, torch.ones(4)) for batch in seen[2:])
+    assert all(torch.equal(batch[0], torch.ones(4)) for batch in loader)
+
+
 def test_batched_getitems_is_used_by_the_default_path():
     class Batched(Counting):
         batches = 0

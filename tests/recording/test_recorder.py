@@ -251,6 +251,10 @@ def test_a_half_written_csv_row_from_a_crash_is_cut_off_on_append(tmp_path):
     "call, fragment",
     [
         (lambda r: r.scalar("loss", torch.ones(3)), "Recorder.scalar('loss') got a torch.float32"),
+        (lambda r: r.scalar("loss", torch.ones(0)), "got a torch.float32 tensor of shape (0,)"),
+        (lambda r: r.scalar("ok", torch.tensor(True)), "got a torch.bool tensor of shape ()"),
+        (lambda r: r.scalar("z", torch.tensor(1j)), "got a torch.complex64 tensor of shape ()"),
+        (lambda r: r.scalar("", torch.tensor(1.0)), "got the tag ''"),
         (lambda r: r.scalar("name", "abc"), "Recorder.scalar('name') got a str"),
         (lambda r: r.scalar(3, 1.0), "got the tag 3"),
         (lambda r: r.scalar("loss", 1.0, reduce="median"), "reduce='median'"),

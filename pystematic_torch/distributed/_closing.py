@@ -1,19 +1,29 @@
 """The end of a distributed job: the barrier every rank passes before leaving it, watched
-for failures, and what a failure found at the end changes (the exit, ``run.json``).
+for failures, the launcher's bounded wait for the ranks it started to exit, and what a
+failure found at the end changes (the exit, ``run.json``).
 
 A plain ``dist.barrier()`` there would raise the broken connection's error (gloo) or wait
 for the flush limit (NCCL, which does not notice a peer that raised) when another rank
 fails while this one, its experiment ended well, waits for the others.
 """
+import logging
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-from ._supervise import Supervisor
+from ._supervise import Supervisor, kill_ranks
 
 # A collective broken by a dead peer can fail before the monitor has seen the death: how
 # long to look for that cause before reporting the broken collective as the failure.
 LOST_PEER_SECONDS = 3.0
 _POLL_SECONDS = 0.005
+# Once every rank has passed the closing barriers, the ranks this process started have only
+# their own exit left; one still alive after EXIT_SECONDS is stuck (in a thread that does not
+# end, or a clean-up that never returns) and is killed, and the launcher says so after
+# NOTICE_SECONDS instead of waiting in silence. Read at each use, so tests can shorten them.
+EXIT_SECONDS = 60.0
+NOTICE_SECONDS = 5.0
+
+logger = logging.getLogger("pystematic.torch.launch")
 
 
 def all_ranks_arrive(supervisor: Supervisor) -> bool:
@@ -57,13 +67,54 @@ def _completes(work: Any, within: float) -> bool:
     return True
 
 
-def failed_child(children: Dict[int, Any], expected: int) -> Optional[str]:
+def join_children(children: Dict[int, Any]) -> List[int]:
+    """Wait for the ranks this process started to exit, for up to ``EXIT_SECONDS``; kill
+    the ones still alive then (and all of them on Ctrl-C), and return their ranks."""
+    start = time.monotonic()
+    try:
+        if NOTICE_SECONDS < EXIT_SECONDS:
+            alive = _join_until(children, start + NOTICE_SECONDS)
+            if alive:
+                logger.warning(
+                    "Every rank has ended its run, but %s has not exited after %g s; it is "
+                    "killed if it has not after %g s.", _ranks(alive), NOTICE_SECONDS,
+                    EXIT_SECONDS,
+                )  # fmt: skip
+        alive = _join_until(children, start + EXIT_SECONDS)
+    except KeyboardInterrupt:
+        kill_ranks(children.values())
+        raise
+    kill_ranks(children.values())
+    return alive
+
+
+def _join_until(children: Dict[int, Any], deadline: float) -> List[int]:
+    for child in children.values():
+        child.join(timeout=max(0.0, deadline - time.monotonic()))
+    return sorted(rank for rank, child in children.items() if child.exitcode is None)
+
+
+def failed_child(
+    children: Dict[int, Any], expected: int, stuck: Sequence[int] = ()
+) -> Optional[str]:
     """Which ranks this process started ended with another code than it (after the closing
-    barrier: a clean-up of their own failed), as the job's failure; None when none did."""
+    barrier: a clean-up of their own failed) or did not exit at all (``stuck``, killed by
+    :func:`join_children`), as the job's failure; None when none did."""
     # A preempted job's ranks all exit with the preemption's code, like this one.
     failed = sorted((rank, child.exitcode) for rank, child in children.items()
-                    if child.exitcode not in (0, expected))  # fmt: skip
-    if not failed:
-        return None
-    listed = ", ".join(f"rank {rank} (exit code {code})" for rank, code in failed)
-    return f"The job failed: {listed} failed while ending its run; its log says why."
+                    if child.exitcode not in (0, expected) and rank not in stuck)  # fmt: skip
+    reasons = []
+    if failed:
+        listed = ", ".join(f"rank {rank} (exit code {code})" for rank, code in failed)
+        reasons.append(f"{listed} failed while ending its run; its log says why")
+    if stuck:
+        reasons.append(
+            f"{_ranks(stuck)} had not exited {EXIT_SECONDS:g} s after every rank ended its run "
+            "and was killed: a thread that does not end (not a daemon) or a clean-up that "
+            "never returns keeps a process alive"
+        )
+    return f"The job failed: {'; '.join(reasons)}." if reasons else None
+
+
+def _ranks(ranks: Sequence[int]) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))

@@ -176,6 +176,45 @@ def test_a_clean_up_failing_on_rank_1_at_the_end_fails_the_job(tmp_path):
 
 
 @pytest.mark.timeout(150)
+def test_a_started_rank_that_does_not_exit_after_its_run_is_killed_and_fails_the_job(tmp_path):
+    # Rank 1's run ends well, but a thread it left running keeps its process alive: the
+    # launcher says it waits, kills it at the limit, and the job fails with the reason.
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--stuck-at-exit", "1",
+                          output=tmp_path), tmp_path,
+              env={"DDP_JOB_EXIT_SECONDS": "6", "DDP_JOB_NOTICE_SECONDS": "2"})  # fmt: skip
+    job.wait_for(r"STUCK_AT_EXIT pid=\d+")
+    processes = family(job)
+    (stuck,) = re.findall(r"STUCK_AT_EXIT pid=(\d+)", job.output)
+    code, seconds = job.finish(timeout=90)
+    assert code == 1, job.output
+    assert 6 <= seconds < 60, seconds
+    assert "rank 1 has not exited after 2 s; it is killed if it has not after 6 s" in job.output
+    assert ("The job failed: rank 1 had not exited 6 s after every rank ended its run and was "
+            "killed") in job.output  # fmt: skip
+    assert not psutil.pid_exists(int(stuck)) or psutil.Process(int(stuck)).status() == "zombie"
+    assert_all_gone(processes)
+    (run_dir,) = (tmp_path / "ddp-job").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert (record["status"], record["exit_code"]) == ("failed", 1)
+    assert len(re.findall(DONE, job.output)) == 2  # both runs had ended well
+
+
+@pytest.mark.timeout(150)
+def test_ctrl_c_while_the_launcher_waits_for_a_stuck_rank_ends_it_at_once(tmp_path):
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--stuck-at-exit", "1",
+                          output=tmp_path), tmp_path,
+              env={"DDP_JOB_EXIT_SECONDS": "120", "DDP_JOB_NOTICE_SECONDS": "1"})  # fmt: skip
+    job.wait_for(r"rank 1 has not exited after 1 s")
+    processes = family(job)
+    interrupted_at = time.monotonic()
+    job.process.send_signal(signal.SIGINT)
+    code, _ = job.finish(timeout=90)
+    assert code != 0, job.output
+    assert time.monotonic() - interrupted_at < 30
+    assert_all_gone(processes)
+
+
+@pytest.mark.timeout(150)
 def test_sigint_to_the_main_process_ends_every_rank(tmp_path):
     job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",
                        output=tmp_path), tmp_path)  # fmt: skip

@@ -7,10 +7,15 @@ waits until the other rank is in the job's closing barrier, then raises (--end-f
 raise) or prints HANGING and waits to be killed (--end-failure hang).
 --ctrl-c-in-final-flush: Ctrl-C reaches rank 0 while it flushes before the closing barrier.
 --fail-close-on K: a clean-up of rank K at the end of the run fails.
+--stuck-at-exit K: rank K leaves a thread that never ends (not a daemon), so its process
+does not exit after its run; it prints STUCK_AT_EXIT when its run has ended.
 DDP_JOB_DIE_AT_IMPORT=1 makes every rank the launch starts die while importing this script.
+DDP_JOB_EXIT_SECONDS and DDP_JOB_NOTICE_SECONDS shorten how long the launching process
+waits for a started rank to exit, and when it says that it waits.
 """
 import os
 import signal
+import threading
 import time
 
 import pystematic
@@ -20,6 +25,11 @@ from pystematic_torch import _session
 
 if os.environ.get("DDP_JOB_DIE_AT_IMPORT") and __name__ == "__mp_main__":
     raise SystemExit(3)
+if os.environ.get("DDP_JOB_EXIT_SECONDS"):
+    from pystematic_torch.distributed import _closing
+
+    _closing.EXIT_SECONDS = float(os.environ["DDP_JOB_EXIT_SECONDS"])
+    _closing.NOTICE_SECONDS = float(os.environ.get("DDP_JOB_NOTICE_SECONDS", "5"))
 
 
 @pystematic.parameter(name="mode", type=str, default="train")
@@ -31,6 +41,7 @@ if os.environ.get("DDP_JOB_DIE_AT_IMPORT") and __name__ == "__mp_main__":
 @pystematic.parameter(name="end_failure", type=str, default="raise")
 @pystematic.parameter(name="ctrl_c_in_final_flush", type=bool, is_flag=True, default=False)
 @pystematic.parameter(name="fail_close_on", type=int, default=-1)
+@pystematic.parameter(name="stuck_at_exit", type=int, default=-1)
 @pystematic.experiment
 def ddp_job(params):
     if params["stop_queued_first"] and pystematic.torch.get_rank() == 1:
@@ -72,6 +83,9 @@ def ddp_job(params):
     CtrlCInFinalFlush.loop_done = params["ctrl_c_in_final_flush"]
     if rank == params["fail_at_end"]:
         fail_once_the_peer_is_in_the_closing_barrier(params["end_failure"])
+    if rank == params["stuck_at_exit"]:
+        _session.call_at_exit(lambda: print(f"STUCK_AT_EXIT pid={os.getpid()}", flush=True))
+        threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
 
 
 class CtrlCInFinalFlush(pystematic.torch.RecorderBackend):

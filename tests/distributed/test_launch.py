@@ -175,13 +175,18 @@ def test_a_clean_up_failing_on_rank_1_at_the_end_fails_the_job(tmp_path):
     assert (record["status"], record["exit_code"]) == ("failed", 1)
 
 
+def job_with_rank_1_stuck_at_exit(tmp_path, exit_seconds, notice_seconds):
+    """Rank 1's run ends well, but a thread it left running keeps its process alive."""
+    args = launch_args("--distributed", "--nproc_per_node", "2", "--stuck-at-exit", "1",
+                       output=tmp_path)  # fmt: skip
+    limits = {"DDP_JOB_EXIT_SECONDS": exit_seconds, "DDP_JOB_NOTICE_SECONDS": notice_seconds}
+    return Job(args, tmp_path, env=limits)
+
+
 @pytest.mark.timeout(150)
 def test_a_started_rank_that_does_not_exit_after_its_run_is_killed_and_fails_the_job(tmp_path):
-    # Rank 1's run ends well, but a thread it left running keeps its process alive: the
-    # launcher says it waits, kills it at the limit, and the job fails with the reason.
-    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--stuck-at-exit", "1",
-                          output=tmp_path), tmp_path,
-              env={"DDP_JOB_EXIT_SECONDS": "6", "DDP_JOB_NOTICE_SECONDS": "2"})  # fmt: skip
+    # The launcher says it waits, kills the rank at the limit, and the job fails with why.
+    job = job_with_rank_1_stuck_at_exit(tmp_path, exit_seconds="6", notice_seconds="2")
     job.wait_for(r"STUCK_AT_EXIT pid=\d+")
     processes = family(job)
     (stuck,) = re.findall(r"STUCK_AT_EXIT pid=(\d+)", job.output)
@@ -201,9 +206,7 @@ def test_a_started_rank_that_does_not_exit_after_its_run_is_killed_and_fails_the
 
 @pytest.mark.timeout(150)
 def test_ctrl_c_while_the_launcher_waits_for_a_stuck_rank_ends_it_at_once(tmp_path):
-    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--stuck-at-exit", "1",
-                          output=tmp_path), tmp_path,
-              env={"DDP_JOB_EXIT_SECONDS": "120", "DDP_JOB_NOTICE_SECONDS": "1"})  # fmt: skip
+    job = job_with_rank_1_stuck_at_exit(tmp_path, exit_seconds="120", notice_seconds="1")
     job.wait_for(r"rank 1 has not exited after 1 s")
     processes = family(job)
     interrupted_at = time.monotonic()

@@ -8,7 +8,8 @@ collective, where Python signal handlers cannot run.
 
 What a healthy rank does when it learns of a failure: it raises :class:`JobFailed` in its
 main thread, which unwinds the user's loop like any exception, so the experiment's normal
-teardown flushes recorders and writers before the process ends. Only when the main thread
+teardown flushes recorders and writers before the process ends (raised again if it lands in
+a ``__del__``, where Python drops it). Only when the main thread
 does not get there within a grace period (it is stuck in a collective whose peer hangs) does
 the monitor flush on its own thread and end the process; nothing kills a process while its
 main thread is flushing.
@@ -21,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 logger = logging.getLogger("pystematic.torch.launch")
 
@@ -49,6 +50,9 @@ class JobFailed(BaseException):
 
 
 _reason_for_main_thread = "another rank failed"
+# Python drops an exception raised inside ``__del__`` (a DataLoader iterator being freed,
+# say) after reporting it to ``sys.unraisablehook``; a JobFailed dropped there is raised again.
+_dropped = threading.Event()
 
 
 class Supervisor:
@@ -97,6 +101,7 @@ class Supervisor:
         self._wakeup_write: Optional[int] = None
         self._previous_wakeup = -1
         self._previous_wake_handler = None
+        self._unraisable_hook: Optional[Callable[[Any], None]] = None
 
     def start(self) -> None:
         if threading.current_thread() is self._main:
@@ -106,12 +111,17 @@ class Supervisor:
             self._previous_wakeup = signal.set_wakeup_fd(write)
             self._wakeup_read, self._wakeup_write = read, write
             self._previous_wake_handler = signal.signal(_WAKE_SIGNAL, _do_nothing)
+        self._unraisable_hook = _hook_catching_dropped_failures(sys.unraisablehook)
+        sys.unraisablehook = self._unraisable_hook
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
+        if self._unraisable_hook is not None and sys.unraisablehook is self._unraisable_hook:
+            sys.unraisablehook = self._unraisable_hook.previous
+        self._unraisable_hook = None
         if self._wakeup_read is not None and threading.current_thread() is self._main:
             signal.set_wakeup_fd(self._previous_wakeup)
             signal.signal(_WAKE_SIGNAL, self._previous_wake_handler or signal.SIG_DFL)
@@ -208,6 +218,7 @@ class Supervisor:
             if code != 130:
                 # SIGINT already raises KeyboardInterrupt in the main thread once it runs
                 # Python.
+                _dropped.clear()
                 _raise_in_main_thread(self._main, standing)
         # After the lock: a full stderr pipe must not hold up the main thread's teardown.
         sys.stderr.write(f"[rank {self.rank}] Stopping this rank: {standing}.\n")
@@ -216,6 +227,11 @@ class Supervisor:
         while time.monotonic() < deadline and not self._ending():
             if self._stop.wait(self.poll_seconds):
                 return
+            if _dropped.is_set():
+                _dropped.clear()
+                with self._abort_lock:
+                    if not self._ending():
+                        _raise_in_main_thread(self._main, standing)
             _wake(self._main)
         if self._ending():
             return  # the main thread flushes, then ends the process
@@ -297,6 +313,20 @@ def _wake(main: threading.Thread) -> None:
         signal.pthread_kill(main.ident, _WAKE_SIGNAL)
     except (ProcessLookupError, OSError):
         pass
+
+
+def _hook_catching_dropped_failures(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable hook that notes a dropped JobFailed, instead of printing it as
+    "Exception ignored", and passes everything else to ``previous``."""
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, JobFailed):
+            _dropped.set()
+            return
+        previous(unraisable)
+
+    hook.previous = previous  # type: ignore[attr-defined]
+    return hook
 
 
 def _do_nothing(signum, frame) -> None:

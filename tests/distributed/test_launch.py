@@ -57,6 +57,27 @@ def test_a_rank_that_raises_ends_the_whole_job_with_one_traceback(tmp_path, fail
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.parametrize("stopped_rank", [0, 1])
+def test_the_failure_reaching_a_rank_inside_a_del_still_stops_it_at_once(tmp_path, stopped_rank):
+    # Python drops an exception raised inside __del__ (a DataLoader iterator being freed, say)
+    # after printing "Exception ignored": the rank must be stopped again, not run on until the
+    # grace period ends, and the dropped one not printed.
+    job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--stopped-in-del",
+                          str(stopped_rank), output=tmp_path), tmp_path)  # fmt: skip
+    job.wait_for(rf"READY rank={stopped_rank}")
+    processes = family(job)
+    code, seconds = job.finish(timeout=90)
+    assert code == 1, job.output
+    assert seconds < 20, seconds  # the grace period is 30 s
+    assert f"LEFT_DEL rank={stopped_rank}" in job.output  # the failure did land in __del__
+    assert "Exception ignored" not in job.output, job.output
+    assert "did not stop within" not in job.output, job.output
+    assert job.output.count("Traceback") == 1, job.output
+    assert f"[rank {stopped_rank}] Stopping this rank: rank {1 - stopped_rank} raised" in job.output
+    assert_all_gone(processes)
+
+
+@pytest.mark.timeout(150)
 @pytest.mark.parametrize("victim", ["child", "main"])
 def test_a_killed_rank_ends_the_whole_job(tmp_path, victim):
     job = Job(launch_args("--distributed", "--nproc_per_node", "2", "--mode", "hang",

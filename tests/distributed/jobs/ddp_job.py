@@ -7,6 +7,8 @@ waits until the other rank is in the job's closing barrier, then raises (--end-f
 raise) or prints HANGING and waits to be killed (--end-failure hang).
 --ctrl-c-in-final-flush: Ctrl-C reaches rank 0 while it flushes before the closing barrier.
 --fail-close-on K: a clean-up of rank K at the end of the run fails.
+--stopped-in-del K: rank K is inside an object's __del__ when the job's failure reaches it
+(which Python reports and drops there), then idles; the other rank raises once it is there.
 --stuck-at-exit K: rank K leaves a thread that never ends (not a daemon), so its process
 does not exit after its run; it prints STUCK_AT_EXIT when its run has ended.
 DDP_JOB_DIE_AT_IMPORT=1 makes every rank the launch starts die while importing this script.
@@ -42,6 +44,7 @@ if os.environ.get("DDP_JOB_EXIT_SECONDS"):
 @pystematic.parameter(name="ctrl_c_in_final_flush", type=bool, is_flag=True, default=False)
 @pystematic.parameter(name="fail_close_on", type=int, default=-1)
 @pystematic.parameter(name="stuck_at_exit", type=int, default=-1)
+@pystematic.parameter(name="stopped_in_del", type=int, default=-1)
 @pystematic.experiment
 def ddp_job(params):
     if params["stop_queued_first"] and pystematic.torch.get_rank() == 1:
@@ -50,6 +53,8 @@ def ddp_job(params):
         params["ctrl_c_in_final_flush"] and pystematic.torch.get_rank() != 0
     ):
         say_when_in_the_closing_barrier()
+    if params["stopped_in_del"] != -1:
+        stop_the_rank_inside_a_del(params["stopped_in_del"])
     torch.manual_seed(0)
     ctx = pystematic.torch.Context()
     ctx.model = torch.nn.Linear(4, 2)
@@ -107,6 +112,29 @@ class CtrlCInFinalFlush(pystematic.torch.RecorderBackend):
         os.kill(os.getpid(), signal.SIGINT)
         while _session.outcome() is None and time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+class SlowToFree:
+    def __del__(self):
+        _marker("in-del").touch()
+        time.sleep(60)  # the job's failure reaches this rank here
+
+
+def stop_the_rank_inside_a_del(rank):
+    if pystematic.torch.get_rank() == rank:
+        print(f"READY rank={rank} pid={os.getpid()}", flush=True)
+        SlowToFree()  # freed at once: this rank waits in its __del__
+        print(f"LEFT_DEL rank={rank}", flush=True)
+        while True:
+            time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while not _marker("in-del").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise ValueError(f"deliberate failure on rank {pystematic.torch.get_rank()}")
+
+
+def _marker(name):
+    return pystematic.output_dir / name
 
 
 def a_clean_up_that_fails():

@@ -12,11 +12,13 @@ from typing import Iterable, Iterator, List, Sequence
 
 import torch
 
-# A block holds more than one batch only while it stays within this many bytes. Each gather
-# in the middle of the loop evicts the model's working set from the caches, which the next
-# steps pay to reload, so fewer, larger blocks are cheaper; measured with a tiny model
-# (benchmarks/shuffle_cost.py --blocks), the gain stops at blocks of about 2 MiB, and the
-# bound is what a block may add to memory beside the dataset.
+# A block holds at most this many batches, and more than one only while it stays within
+# this many bytes. Each gather in the middle of the loop evicts the model's working set from
+# the caches, which the next steps pay to reload, so fewer, larger blocks are cheaper;
+# measured with a tiny model (benchmarks/shuffle_cost.py --blocks), the gain stops at about
+# 128 batches of 2 MiB. The bytes bound what a block adds to memory beside the dataset, and
+# the count what its views do: each batch is a tensor of its own, about a kilobyte.
+_BLOCK_BATCHES = 128
 _BLOCK_BYTES = 4 << 20
 
 
@@ -61,12 +63,13 @@ def gather_blocks(
 
     The same batches as :func:`gather_rows` over ``indices.split(batch_size)`` (the last
     one may be shorter), from CPU ``tensors``. Each batch is a contiguous slice of a block
-    of batches gathered at once (at most ``_BLOCK_BYTES``, unless one batch is larger), so
+    of up to ``_BLOCK_BATCHES`` batches gathered at once (at most ``_BLOCK_BYTES``, unless
+    one batch is larger), so
     it keeps that block's memory alive while it is referenced, and ``torch.save`` of one
     saves the whole block.
     """
     row_bytes = sum(math.prod(t.shape[1:]) * t.element_size() for t in tensors)
-    per_block = max(1, _BLOCK_BYTES // max(1, row_bytes * batch_size))
+    per_block = max(1, min(_BLOCK_BATCHES, _BLOCK_BYTES // max(1, row_bytes * batch_size)))
     rows = per_block * batch_size
 
     def blocks() -> Iterator[List[List[torch.Tensor]]]:

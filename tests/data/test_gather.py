@@ -33,23 +33,31 @@ def test_gather_blocks_delivers_the_same_batches_as_gathering_each(batch_size, b
             assert a.dtype == b.dtype and a.is_contiguous() and torch.equal(a, b)
 
 
-def test_an_epoch_within_the_bound_is_one_gather_and_a_larger_one_is_split_at_it(monkeypatch):
-    tensors = (torch.randn(10_000, 64), torch.arange(10_000))
+def test_an_epoch_within_the_bounds_is_one_gather_and_a_larger_one_is_split_at_them(
+    monkeypatch,
+):
     row_bytes = 64 * 4 + 8
-    assert 10_000 * row_bytes <= _gather._BLOCK_BYTES
-    batches = list(gather_blocks(tensors, torch.randperm(10_000), 64))
-    storages = {batch[0].untyped_storage().data_ptr() for batch in batches}
-    assert len(storages) == 1
-    assert batches[0][0].untyped_storage().nbytes() == 10_000 * 64 * 4
+    tensors = (torch.randn(8_000, 64), torch.arange(8_000))  # 125 batches, 2.0 MiB
+    assert 8_000 * row_bytes <= _gather._BLOCK_BYTES and 125 <= _gather._BLOCK_BATCHES
+    batches = list(gather_blocks(tensors, torch.randperm(8_000), 64))
+    assert len({batch[0].untyped_storage().data_ptr() for batch in batches}) == 1
+    assert batches[0][0].untyped_storage().nbytes() == 8_000 * 64 * 4
 
-    monkeypatch.setattr(_gather, "_BLOCK_BYTES", 20 * 64 * row_bytes + 1)  # 20 batches
+    # Bounded by bytes: blocks of 20 batches, the last one holding what is left.
+    tensors = (torch.randn(10_000, 64), torch.arange(10_000))
+    monkeypatch.setattr(_gather, "_BLOCK_BYTES", 20 * 64 * row_bytes + 1)
     batches = list(gather_blocks(tensors, torch.randperm(10_000), 64))
     sizes = [batch[0].untyped_storage().nbytes() for batch in batches]
     assert sizes[0] == sizes[139] == 20 * 64 * 64 * 4
     pointers = [batch[0].untyped_storage().data_ptr() for batch in batches]
     assert len(set(pointers[:20])) == 1 and pointers[19] != pointers[20]
-    # The last block holds what is left: 10,000 rows are 156 full batches and 16 rows.
-    assert sizes[-1] == (10_000 - 140 * 64) * 64 * 4
+    assert sizes[-1] == (10_000 - 140 * 64) * 64 * 4  # 156 full batches and 16 rows
+    # Bounded by count: tiny rows one at a time make blocks of _BLOCK_BATCHES views each.
+    monkeypatch.setattr(_gather, "_BLOCK_BYTES", 4 << 20)
+    batches = list(gather_blocks((torch.arange(1_000),), torch.randperm(1_000), 1))
+    pointers = [batch[0].untyped_storage().data_ptr() for batch in batches]
+    assert len(set(pointers[:128])) == 1 and pointers[127] != pointers[128]
+    assert batches[0][0].untyped_storage().nbytes() == 128 * 8
     # A batch larger than a block's bytes is a block of its own.
     monkeypatch.setattr(_gather, "_BLOCK_BYTES", 1 << 20)
     huge = list(gather_blocks((torch.zeros(4, 1 << 18),), torch.arange(4), 2))

@@ -151,7 +151,11 @@ def teardown(error: Optional[BaseException]) -> None:
         _teardown_error = _teardown_error or interrupt
         _job.interrupted_while_closing()
     _preemption.uninstall()
-    child_failure = _job.finish(error)
+    try:
+        child_failure = _job.finish(error)
+    except KeyboardInterrupt as interrupt:  # while waiting for the started ranks to exit
+        _teardown_error = _teardown_error or interrupt
+        child_failure = None
     if child_failure is not None:
         logger.error("%s", child_failure)
         _teardown_error = _teardown_error or _session.TeardownError(child_failure)

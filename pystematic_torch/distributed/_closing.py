@@ -7,6 +7,8 @@ for the flush limit (NCCL, which does not notice a peer that raised) when anothe
 fails while this one, its experiment ended well, waits for the others.
 """
 import logging
+import signal
+import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -69,29 +71,70 @@ def _completes(work: Any, within: float) -> bool:
 
 def join_children(children: Dict[int, Any]) -> List[int]:
     """Wait for the ranks this process started to exit, for up to ``EXIT_SECONDS``; kill
-    the ones still alive then (and all of them on Ctrl-C), and return their ranks."""
+    the ones still alive then, or at once on Ctrl-C or SIGTERM (which then raise
+    ``KeyboardInterrupt``), and return their ranks.
+
+    Only a rank still alive is killed, with its process group: what a rank that exited
+    leaves running on purpose (a helper process of its own) is left alone.
+    """
     start = time.monotonic()
+    # The job's own SIGTERM handling has ended with its run; the default action would end
+    # this process and orphan a stuck rank, which no longer watches for its parent.
+    terminating = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if terminating else None
     try:
         if NOTICE_SECONDS < EXIT_SECONDS:
             alive = _join_until(children, start + NOTICE_SECONDS)
             if alive:
                 logger.warning(
-                    "Every rank has ended its run, but %s has not exited after %g s; it is "
-                    "killed if it has not after %g s.", _ranks(alive), NOTICE_SECONDS,
-                    EXIT_SECONDS,
+                    "Every rank has ended its run, but %s not exited after %g s; %s killed "
+                    "if still there after %g s.", _ranks(alive, "has", "have"),
+                    NOTICE_SECONDS, "it is" if len(alive) == 1 else "they are", EXIT_SECONDS,
                 )  # fmt: skip
         alive = _join_until(children, start + EXIT_SECONDS)
-    except KeyboardInterrupt:
-        kill_ranks(children.values())
-        raise
-    kill_ranks(children.values())
+    finally:
+        kill_ranks([child for child in children.values() if child.exitcode is None])
+        if terminating:
+            signal.signal(signal.SIGTERM, previous)
     return alive
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _join_until(children: Dict[int, Any], deadline: float) -> List[int]:
     for child in children.values():
         child.join(timeout=max(0.0, deadline - time.monotonic()))
     return sorted(rank for rank, child in children.items() if child.exitcode is None)
+
+
+def stuck_ranks_message(stuck: Sequence[int]) -> str:
+    """What :func:`join_children` did to ``stuck``, and what keeps a process alive."""
+    return (
+        f"{_ranks(stuck, 'had', 'had')} not exited {EXIT_SECONDS:g} s after every rank ended "
+        f"its run and {'was' if len(stuck) == 1 else 'were'} killed: a thread that does not "
+        "end (not a daemon) or a clean-up that never returns keeps a process alive"
+    )
+
+
+def how_started_ranks_ended(
+    children: Dict[int, Any], stuck: Sequence[int], preempted: Optional[Any]
+) -> Optional[str]:
+    """The job's failure, from how the ranks this process started ended; None when they
+    ended as this one did.
+
+    A preempted job (``preempted``, the Preempted that ended this rank) has its state saved:
+    it still ends with the code that asks for a requeue, and the ranks it had to kill are
+    only warned of.
+    """
+    if preempted is None:
+        return failed_child(children, 0, stuck)
+    if stuck:
+        message = stuck_ranks_message(stuck)
+        logger.warning("%s%s.", message[0].upper(), message[1:])
+    exited = {rank: child for rank, child in children.items() if rank not in stuck}
+    return failed_child(exited, preempted.code)
 
 
 def failed_child(
@@ -108,13 +151,12 @@ def failed_child(
         listed = ", ".join(f"rank {rank} (exit code {code})" for rank, code in failed)
         reasons.append(f"{listed} failed while ending its run; its log says why")
     if stuck:
-        reasons.append(
-            f"{_ranks(stuck)} had not exited {EXIT_SECONDS:g} s after every rank ended its run "
-            "and was killed: a thread that does not end (not a daemon) or a clean-up that "
-            "never returns keeps a process alive"
-        )
+        reasons.append(stuck_ranks_message(stuck))
     return f"The job failed: {'; '.join(reasons)}." if reasons else None
 
 
-def _ranks(ranks: Sequence[int]) -> str:
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+def _ranks(ranks: Sequence[int], one: str, several: str) -> str:
+    """``ranks`` with a verb that agrees: "rank 1 has", "ranks 1, 2 have"."""
+    if len(ranks) == 1:
+        return f"rank {ranks[0]} {one}"
+    return f"ranks {', '.join(map(str, ranks))} {several}"

@@ -22,7 +22,12 @@ from typing import Any, Dict, Optional, Tuple
 from .. import _run_record, _rundir, _session
 from ..errors import LaunchError
 from . import _launch, _preemption, _ranks_file, get_num_processes, is_distributed
-from ._closing import LOST_PEER_SECONDS, all_ranks_arrive, failed_child, join_children
+from ._closing import (
+    LOST_PEER_SECONDS,
+    all_ranks_arrive,
+    how_started_ranks_ended,
+    join_children,
+)
 from ._rendezvous import Rendezvous
 from ._sockets import shut_down_peer_connections
 from ._supervise import (
@@ -272,11 +277,12 @@ def finish(error: Optional[BaseException]) -> Optional[str]:
         if all_ranks_arrive(job.supervisor):
             job.supervisor.stop()
             if all_ranks_arrive(job.supervisor):
-                stuck = join_children(job.children)
-                _leave(job)
-                _job = None
-                code = error.code if error is not None else 0
-                return failed_child(job.children, code, stuck)
+                try:
+                    stuck = join_children(job.children)
+                finally:  # also on Ctrl-C while waiting, once the ranks are killed
+                    _leave(job)
+                    _job = None
+                return how_started_ranks_ended(job.children, stuck, error)
         job.failed_at_close = True
     if job.supervisor is not None:
         # Ranks blocked in a collective with this one learn of the failure when its

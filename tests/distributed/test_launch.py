@@ -214,7 +214,7 @@ def test_a_started_rank_that_does_not_exit_after_its_run_is_killed_and_fails_the
     code, seconds = job.finish(timeout=90)
     assert code == 1, job.output
     assert 6 <= seconds < 60, seconds
-    assert "rank 1 has not exited after 2 s; it is killed if it has not after 6 s" in job.output
+    assert "rank 1 has not exited after 2 s; it is killed if still there after 6 s" in job.output
     assert ("The job failed: rank 1 had not exited 6 s after every rank ended its run and was "
             "killed") in job.output  # fmt: skip
     assert not psutil.pid_exists(int(stuck)) or psutil.Process(int(stuck)).status() == "zombie"
@@ -226,16 +226,22 @@ def test_a_started_rank_that_does_not_exit_after_its_run_is_killed_and_fails_the
 
 
 @pytest.mark.timeout(150)
-def test_ctrl_c_while_the_launcher_waits_for_a_stuck_rank_ends_it_at_once(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_while_the_launcher_waits_for_a_stuck_rank_ends_it_at_once(
+    tmp_path, signum
+):
     job = job_with_rank_1_stuck_at_exit(tmp_path, exit_seconds="120", notice_seconds="1")
     job.wait_for(r"rank 1 has not exited after 1 s")
     processes = family(job)
     interrupted_at = time.monotonic()
-    job.process.send_signal(signal.SIGINT)
+    job.process.send_signal(signum)
     code, _ = job.finish(timeout=90)
-    assert code != 0, job.output
+    assert code == 130, job.output
     assert time.monotonic() - interrupted_at < 30
     assert_all_gone(processes)
+    (run_dir,) = (tmp_path / "ddp-job").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert (record["status"], record["exit_code"]) == ("interrupted", 130)
 
 
 @pytest.mark.timeout(150)

@@ -64,9 +64,8 @@ def gather_blocks(
     The same batches as :func:`gather_rows` over ``indices.split(batch_size)`` (the last
     one may be shorter), from CPU ``tensors``. Each batch is a contiguous slice of a block
     of up to ``_BLOCK_BATCHES`` batches gathered at once (at most ``_BLOCK_BYTES``, unless
-    one batch is larger), so
-    it keeps that block's memory alive while it is referenced, and ``torch.save`` of one
-    saves the whole block.
+    one batch is larger), so it keeps that block's memory alive while it is referenced, and
+    ``torch.save`` of one saves the whole block.
     """
     row_bytes = sum(math.prod(t.shape[1:]) * t.element_size() for t in tensors)
     per_block = max(1, min(_BLOCK_BATCHES, _BLOCK_BYTES // max(1, row_bytes * batch_size)))

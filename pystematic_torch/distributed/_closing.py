@@ -94,8 +94,8 @@ def join_children(children: Dict[int, Any]) -> List[int]:
         alive = _join_until(children, start + EXIT_SECONDS)
     finally:
         kill_ranks([child for child in children.values() if child.exitcode is None])
-        if terminating:
-            signal.signal(signal.SIGTERM, previous)
+        if terminating:  # None: a handler set outside Python, which cannot be put back
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return alive
 
 

@@ -9,10 +9,9 @@ collective, where Python signal handlers cannot run.
 What a healthy rank does when it learns of a failure: it raises :class:`JobFailed` in its
 main thread, which unwinds the user's loop like any exception, so the experiment's normal
 teardown flushes recorders and writers before the process ends (raised again if it lands in
-a ``__del__``, where Python drops it). Only when the main thread
-does not get there within a grace period (it is stuck in a collective whose peer hangs) does
-the monitor flush on its own thread and end the process; nothing kills a process while its
-main thread is flushing.
+a ``__del__``, where Python drops it). Only when the main thread does not get there within a
+grace period (it is stuck in a collective whose peer hangs) does the monitor flush on its own
+thread and end the process; nothing kills a process while its main thread is flushing.
 """
 import ctypes
 import logging

@@ -118,7 +118,7 @@ def run_ours(images, labels, epochs: int, output_dir: Optional[str], writer: Wri
             if record and ctx.recorder.count % _SAMPLE_EVERY:
                 ctx.recorder.scalar("train/loss", loss)
                 ctx.recorder.step()
-            elif record:  # the CPU clock read costs as much as the calls: read it for a few
+            elif record:  # timed at a few steps: reading the clock costs a little too
                 start = time.perf_counter()
                 ctx.recorder.scalar("train/loss", loss)
                 ctx.recorder.step()

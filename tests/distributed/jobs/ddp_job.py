@@ -107,7 +107,7 @@ class CtrlCInFinalFlush(pystematic.torch.RecorderBackend):
         CtrlCInFinalFlush.loop_done = False  # once
         print(f"FINAL_FLUSH pid={os.getpid()}", flush=True)
         deadline = time.monotonic() + 60
-        while not _closing_barrier_marker().exists() and time.monotonic() < deadline:
+        while not _marker("in-closing-barrier").exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGINT)
         while _session.outcome() is None and time.monotonic() < deadline:
@@ -134,15 +134,12 @@ def stop_the_rank_inside_a_del(rank):
 
 
 def _marker(name):
+    """A file in the run directory, which both ranks see: how one tells the other it is there."""
     return pystematic.output_dir / name
 
 
 def a_clean_up_that_fails():
     raise OSError(28, "No space left on device (a clean-up at the end of the run)")
-
-
-def _closing_barrier_marker():
-    return pystematic.output_dir / "in-closing-barrier"
 
 
 def say_when_in_the_closing_barrier():
@@ -152,7 +149,7 @@ def say_when_in_the_closing_barrier():
     barrier = dist.barrier
 
     def marked_barrier(*args, **kwargs):
-        _closing_barrier_marker().touch()
+        _marker("in-closing-barrier").touch()
         return barrier(*args, **kwargs)
 
     dist.barrier = marked_barrier
@@ -160,7 +157,7 @@ def say_when_in_the_closing_barrier():
 
 def fail_once_the_peer_is_in_the_closing_barrier(how):
     deadline = time.monotonic() + 60
-    while not _closing_barrier_marker().exists():
+    while not _marker("in-closing-barrier").exists():
         if time.monotonic() > deadline:
             raise TimeoutError("the other rank never reached the closing barrier")
         time.sleep(0.05)
